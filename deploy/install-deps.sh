@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package dsec needs to build, test and run.
+# Idempotent and non-interactive; run as root (or with sudo available).
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config ccache git clang-format
+  # RPC and serialization
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev
+  # storage, FUSE, sandboxing
+  librocksdb-dev libfuse3-dev fuse3 libseccomp-dev libcap-dev
+  # crypto, logging, HTTP, JSON
+  libssl-dev libspdlog-dev libfmt-dev libcpp-httplib-dev nlohmann-json3-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  bubblewrap hyperfine iproute2 procps psmisc util-linux
+  # python module
+  pybind11-dev python3-dev python3-pytest
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
