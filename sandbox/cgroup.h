@@ -51,7 +51,7 @@ struct CgroupStats {
   int64_t memory_peak_bytes = 0;  // high-water mark since the last reset
   int64_t memory_current_bytes = 0;
   int64_t cpu_usage_ns = 0;
-  int64_t oom_kills = 0;       // processes killed by the memory limit
+  int64_t oom_kills = 0;        // processes killed by the memory limit
   int64_t pids_max_events = 0;  // forks refused by the pids limit
   int64_t pids_current = 0;
 };

@@ -1,0 +1,75 @@
+// The wire between a Sandbox (host side) and dsec-init (PID 1 inside it).
+//
+// Transport: an AF_UNIX SOCK_SEQPACKET socketpair, one message per request,
+// fds passed with SCM_RIGHTS. dsec-init is a static binary with no
+// dependencies beyond libc, so this header is plain C++ (no Abseil).
+//
+// Exec: the host sends InitRequest{kExec} followed (in the same message) by
+// `payload_len` bytes: cwd '\0' argv[0] '\0' ... argv[argc-1] '\0' env[0]
+// '\0' ... env[envc-1] '\0', and the fds, in order:
+//   reply socket, stdin, stdout, stderr, then `slot_fd_count` cgroup.procs
+//   fds the child joins (writes "0" to) before execve.
+// Init answers on the reply socket (never on the control socket) with
+// InitReply{kStarted, pid} or InitReply{kExecFailed, err}, later
+// InitReply{kExited, wait status, rusage}, then closes it. Many execs may be
+// in flight at once; each has its own reply socket.
+//
+// Signal: InitRequest{kSignal, target_pid, signal}; no reply. target_pid -1
+// means every process but init.
+//
+// When the control socket reaches EOF (the host closed it or died), init
+// exits and the kernel kills everything left in the pid namespace.
+#ifndef DSEC_SANDBOX_INIT_PROTOCOL_H_
+#define DSEC_SANDBOX_INIT_PROTOCOL_H_
+
+#include <cstdint>
+
+namespace dsec::sandbox::init_protocol {
+
+inline constexpr uint32_t kMagic = 0x64736931;  // "dsi1"
+inline constexpr int kControlFd = 3;            // init's control socket
+inline constexpr uint32_t kMaxPayload = 160 * 1024;
+inline constexpr uint32_t kMaxSlotFds = 8;
+inline constexpr uint32_t kMaxArgs = 8192;
+
+enum class RequestType : uint32_t { kExec = 1, kSignal = 2 };
+enum class ReplyType : uint32_t { kStarted = 1, kExecFailed = 2, kExited = 3 };
+
+struct InitRequest {
+  uint32_t magic;
+  RequestType type;
+  uint32_t argc;
+  uint32_t envc;
+  uint32_t payload_len;
+  uint32_t slot_fd_count;
+  int32_t target_pid;         // kSignal
+  int32_t signal;             // kSignal
+  int64_t cpu_limit_seconds;  // RLIMIT_CPU for the exec, 0: none
+};
+
+struct InitReply {
+  ReplyType type;
+  int32_t pid;
+  int32_t err;          // kExecFailed: errno of the failed step
+  int32_t wait_status;  // kExited
+  int64_t utime_us;     // kExited: the process and its waited-for children
+  int64_t stime_us;
+  int64_t maxrss_kb;
+  uint32_t failed_step;  // kExecFailed: which step (see ExecStep)
+  uint32_t reserved;
+};
+
+// Step of the exec child that failed, for precise errors.
+enum class ExecStep : uint32_t {
+  kNone = 0,
+  kJoinCgroup = 1,
+  kStdio = 2,
+  kChdir = 3,
+  kRlimit = 4,
+  kExecve = 5,
+  kFork = 6,
+};
+
+}  // namespace dsec::sandbox::init_protocol
+
+#endif  // DSEC_SANDBOX_INIT_PROTOCOL_H_
