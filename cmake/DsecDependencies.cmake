@@ -11,6 +11,7 @@ find_package(nlohmann_json 3 REQUIRED)
 pkg_check_modules(GRPCPP REQUIRED IMPORTED_TARGET grpc++>=1.51)
 pkg_check_modules(FUSE3 REQUIRED IMPORTED_TARGET fuse3>=3.14)
 pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp>=2.5)
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
 find_program(DSEC_PROTOC protoc REQUIRED)
 find_program(DSEC_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
