@@ -1,0 +1,135 @@
+// dsecctl: the admin CLI. Global flags, then a command (see commands.h).
+// `local up` runs a whole single-node cluster in this process until Ctrl-C.
+#include <signal.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "ctl/commands.h"
+#include "ctl/local_cluster.h"
+
+namespace {
+
+int LocalUp(dsec::ctl::CommandContext ctx, const std::vector<std::string>& args) {
+  dsec::ctl::LocalClusterOptions options;
+  const char* home = getenv("HOME");
+  options.data_dir = absl::StrCat(home ? home : "/tmp", "/.dsec/local");
+  bool demo = false;
+  int count = 8;
+  for (size_t i = 2; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= args.size()) {
+        std::cerr << "usage error: " << a << " needs a value\n";
+        exit(2);
+      }
+      return args[++i];
+    };
+    if (a == "--data_dir") {
+      options.data_dir = value();
+    } else if (a == "--port") {
+      if (!absl::SimpleAtoi(value(), &options.controller_port)) {
+        std::cerr << "usage error: --port needs a number\n";
+        return 2;
+      }
+    } else if (a == "--warm_pool") {
+      if (!absl::SimpleAtoi(value(), &options.warm_pool_size)) return 2;
+    } else if (a == "--metrics_port") {
+      if (!absl::SimpleAtoi(value(), &options.metrics_port)) return 2;
+    } else if (a == "--demo") {
+      demo = true;
+    } else if (a == "--count") {
+      if (!absl::SimpleAtoi(value(), &count) || count < 1) return 2;
+    } else {
+      std::cerr << "usage error: unknown flag " << a
+                << " (local up [--data_dir DIR] [--port N] [--warm_pool N] "
+                   "[--metrics_port N] [--demo] [--count N])\n";
+      return 2;
+    }
+  }
+  // Block the stop signals before any thread starts; sigwait collects them.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  const absl::Time t0 = absl::Now();
+  auto cluster = dsec::ctl::LocalCluster::Create(options);
+  if (!cluster.ok()) {
+    std::cerr << "error: local cluster did not start: " << cluster.status().message() << "\n";
+    return 1;
+  }
+  std::cout << "dsec local cluster ready in "
+            << absl::FormatDuration(absl::Trunc(absl::Now() - t0, absl::Milliseconds(1)))
+            << "\n  controller " << (*cluster)->controller_address()
+            << "\n  agent      " << (*cluster)->agent_endpoint()
+            << "\n  data       " << options.data_dir << "\n"
+            << std::flush;
+  int rc = 0;
+  if (demo) {
+    ctx.conn.controller = (*cluster)->controller_address();
+    rc = dsec::ctl::RunDemo(ctx, count, std::cout, std::cerr);
+  } else {
+    std::cout << "export DSEC_CONTROLLER=" << (*cluster)->controller_address()
+              << "   # then: dsecctl nodes list; Ctrl-C stops the cluster\n"
+              << std::flush;
+    int sig = 0;
+    sigwait(&stop, &sig);
+    std::cout << "stopping (signal " << sig << ")\n";
+  }
+  (*cluster)->Shutdown();
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* level = getenv("DSEC_LOG_LEVEL");
+  (void)dsec::InitLogging({.level = level ? level : "warn", .component = "dsecctl"});
+  dsec::ctl::CommandContext ctx;
+  if (const char* c = getenv("DSEC_CONTROLLER")) ctx.conn.controller = c;
+  if (const char* k = getenv("DSEC_API_KEY")) ctx.conn.api_key = k;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  size_t i = 0;
+  for (; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](const std::string& name) -> const std::string* {
+      if (i + 1 >= args.size()) return nullptr;
+      (void)name;
+      return &args[++i];
+    };
+    if (a == "--controller") {
+      const std::string* v = value(a);
+      if (!v) return 2;
+      ctx.conn.controller = *v;
+    } else if (a == "--api_key") {
+      const std::string* v = value(a);
+      if (!v) return 2;
+      ctx.conn.api_key = *v;
+    } else if (a == "-o" || a == "--output") {
+      const std::string* v = value(a);
+      if (!v || (*v != "json" && *v != "table")) {
+        std::cerr << "usage error: -o takes json or table\n";
+        return 2;
+      }
+      ctx.output = *v == "json" ? dsec::ctl::Output::kJson : dsec::ctl::Output::kTable;
+    } else if (a == "-o=json" || a == "--output=json") {
+      ctx.output = dsec::ctl::Output::kJson;
+    } else if (a == "--no_progress") {
+      ctx.progress = false;
+    } else {
+      break;
+    }
+  }
+  args.erase(args.begin(), args.begin() + static_cast<long>(i));
+  if (args.size() >= 2 && args[0] == "local" && args[1] == "up") {
+    return LocalUp(ctx, args);
+  }
+  return dsec::ctl::Run(ctx, args, std::cout, std::cerr);
+}
