@@ -438,7 +438,7 @@ void SandboxManager::Destroy(const std::shared_ptr<Entry>& entry,
   absl::MutexLock lock(&mu_);
   auto it = sandboxes_.find(entry->id);
   if (it != sandboxes_.end() && it->second == entry) sandboxes_.erase(it);
-  DSEC_LOG_INFO("sandbox {} destroyed: {}", entry->id, reason);
+  DSEC_LOG_INFO("sandbox {} destroyed: {}", entry->id, std::string(reason));
 }
 
 v1::StopSandboxesResponse SandboxManager::StopSandboxes(
@@ -544,7 +544,8 @@ void SandboxManager::UpdateGauges() const {
         v1::SANDBOX_STATE_PARKED, v1::SANDBOX_STATE_TERMINATING}) {
     counts[StateLabel(s)] = 0;
   }
-  for (const auto& report : ListSandboxes().sandboxes()) {
+  const v1::ListNodeSandboxesResponse list = ListSandboxes();
+  for (const auto& report : list.sandboxes()) {
     ++counts[StateLabel(report.state())];
   }
   for (const auto& [state, n] : counts) metrics_->sandboxes->Set({state}, n);
