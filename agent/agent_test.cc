@@ -275,7 +275,8 @@ TEST_F(AgentTest, TokensAreChecked) {
             grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(Exec(Shell("nope", "true")).status.error_code(),
             grpc::StatusCode::NOT_FOUND);
-  req = Shell("", "true");
+  req = Shell("sb1", "true");
+  req.clear_sandbox_id();
   EXPECT_EQ(Exec(req).status.error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
 }
