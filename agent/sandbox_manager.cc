@@ -1170,6 +1170,23 @@ absl::StatusOr<v1::ForkResponse> SandboxManager::Fork(
 
 namespace {
 
+// Reads a small file to EOF (procfs files report size 0, so SafeRoot's
+// size-driven ReadFile returns nothing for them).
+absl::StatusOr<std::string> ReadToEnd(const sandbox::SafeRoot& root,
+                                      const std::string& path, size_t max) {
+  ASSIGN_OR_RETURN(UniqueFd fd, root.OpenForRead(path));
+  std::string out;
+  char buf[4096];
+  while (out.size() < max) {
+    ssize_t n = read(fd.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return dsec::ErrnoToStatus(errno, "read");
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
 // Processes in the sandbox (init excluded), read from its own /proc
 // through the confined file API.
 std::vector<v1::ProcessInfo> SandboxProcesses(const sandbox::SafeRoot& root) {
@@ -1182,7 +1199,7 @@ std::vector<v1::ProcessInfo> SandboxProcesses(const sandbox::SafeRoot& root) {
     int pid = 0;
     if (!absl::SimpleAtoi(e.name, &pid) || pid <= 1) continue;
     absl::StatusOr<std::string> stat =
-        root.ReadFile(absl::StrCat("/proc/", pid, "/stat"), 0, 4096);
+        ReadToEnd(root, absl::StrCat("/proc/", pid, "/stat"), 4096);
     if (!stat.ok()) continue;
     // pid (comm) S ppid ...: comm may hold spaces and ')'; split after the
     // last ')'.
@@ -1210,7 +1227,7 @@ std::vector<v1::ProcessInfo> SandboxProcesses(const sandbox::SafeRoot& root) {
           ToProtoDuration(absl::Milliseconds((utime + stime) * 1000 / ticks));
     }
     absl::StatusOr<std::string> cmdline =
-        root.ReadFile(absl::StrCat("/proc/", pid, "/cmdline"), 0, 65536);
+        ReadToEnd(root, absl::StrCat("/proc/", pid, "/cmdline"), 65536);
     if (cmdline.ok()) {
       for (absl::string_view arg :
            absl::StrSplit(*cmdline, '\0', absl::SkipEmpty())) {
