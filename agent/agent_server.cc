@@ -79,15 +79,13 @@ class AgentServer::RuntimeService final : public v1::SandboxRuntime::Service {
     return Reply(manager().WriteFile(header, data), response);
   }
 
-  grpc::Status ReadFile(grpc::ServerContext* ctx,
-                        const v1::ReadFileRequest* request,
-                        grpc::ServerWriter<v1::ReadFileResponse>* writer)
-      override {
-    return Reply(manager().ReadFile(*request,
-                                    [&](const v1::ReadFileResponse& msg) {
-                                      return !ctx->IsCancelled() &&
-                                             writer->Write(msg);
-                                    }));
+  grpc::Status ReadFile(
+      grpc::ServerContext* ctx, const v1::ReadFileRequest* request,
+      grpc::ServerWriter<v1::ReadFileResponse>* writer) override {
+    return Reply(
+        manager().ReadFile(*request, [&](const v1::ReadFileResponse& msg) {
+          return !ctx->IsCancelled() && writer->Write(msg);
+        }));
   }
 
   grpc::Status ListFiles(grpc::ServerContext*,
@@ -137,7 +135,8 @@ class AgentServer::RuntimeService final : public v1::SandboxRuntime::Service {
   AgentServer* const agent_;
 };
 
-// ---- NodeAgent ---------------------------------------------------------------
+// ---- NodeAgent
+// ---------------------------------------------------------------
 
 class AgentServer::NodeService final : public v1::NodeAgent::Service {
  public:
@@ -179,7 +178,8 @@ class AgentServer::NodeService final : public v1::NodeAgent::Service {
   AgentServer* const agent_;
 };
 
-// ---- AgentServer ---------------------------------------------------------------
+// ---- AgentServer
+// ---------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<AgentServer>> AgentServer::Create(
     const AgentOptions& options) {
@@ -217,9 +217,9 @@ absl::Status AgentServer::Start() {
   mo.request_limits = options_.request_limits;
   max_write_file_bytes_ = mo.max_write_file_bytes;
   ASSIGN_OR_RETURN(manager_, SandboxManager::Create(mo));
-  heartbeats_ = registry_->AddCounter("dsec_agent_heartbeats_total",
-                                      "Heartbeats to the controller.",
-                                      {"result"});
+  heartbeats_ =
+      registry_->AddCounter("dsec_agent_heartbeats_total",
+                            "Heartbeats to the controller.", {"result"});
 
   runtime_service_ = std::make_unique<RuntimeService>(this);
   node_service_ = std::make_unique<NodeService>(this);
@@ -238,13 +238,13 @@ absl::Status AgentServer::Start() {
     endpoint_ = options_.advertise_address;
   } else {
     const size_t colon = options_.listen_address.rfind(':');
-    endpoint_ = absl::StrCat(options_.listen_address.substr(0, colon), ":",
-                             port_);
+    endpoint_ =
+        absl::StrCat(options_.listen_address.substr(0, colon), ":", port_);
   }
   if (options_.metrics_port >= 0) {
-    ASSIGN_OR_RETURN(http_, metrics::HttpServer::Start(
-                                "127.0.0.1", options_.metrics_port,
-                                registry_.get()));
+    ASSIGN_OR_RETURN(
+        http_, metrics::HttpServer::Start("127.0.0.1", options_.metrics_port,
+                                          registry_.get()));
   }
   reaper_ = std::thread([this] { ReaperLoop(); });
   if (!options_.controller_address.empty()) {

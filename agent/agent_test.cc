@@ -271,14 +271,12 @@ TEST_F(AgentTest, TokensAreChecked) {
                       "another-secret-of-enough-length"));
   EXPECT_EQ(Exec(req).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   req.set_token(Token("sb2"));
-  EXPECT_EQ(Exec(req).status.error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Exec(req).status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(Exec(Shell("nope", "true")).status.error_code(),
             grpc::StatusCode::NOT_FOUND);
   req = Shell("sb1", "true");
   req.clear_sandbox_id();
-  EXPECT_EQ(Exec(req).status.error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Exec(req).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(AgentTest, FileRoundTripLargerThanOneChunk) {
@@ -424,9 +422,8 @@ TEST_F(AgentTest, IdleTtlReapsAnUnusedSandbox) {
   v1::SandboxSpec spec;
   spec.mutable_idle_ttl()->set_seconds(1);
   ASSERT_TRUE(Start("idle", spec).ok());
-  EXPECT_TRUE(Eventually([&] {
-    return agent_->manager().ListSandboxes().sandboxes_size() == 0;
-  }));
+  EXPECT_TRUE(Eventually(
+      [&] { return agent_->manager().ListSandboxes().sandboxes_size() == 0; }));
   EXPECT_EQ(Exec(Shell("idle", "true")).status.error_code(),
             grpc::StatusCode::NOT_FOUND);
 }

@@ -27,8 +27,9 @@ absl::Status CheckNonNegative(int64_t v, absl::string_view field) {
 }
 
 // Merges KEY=VALUE pairs over a base list, later keys replacing equal ones.
-absl::Status MergeEnv(const google::protobuf::Map<std::string, std::string>& add,
-                      std::vector<std::string>* env) {
+absl::Status MergeEnv(
+    const google::protobuf::Map<std::string, std::string>& add,
+    std::vector<std::string>* env) {
   std::map<std::string, std::string> sorted(add.begin(), add.end());
   for (const auto& [key, value] : sorted) {
     if (key.empty() || absl::StrContains(key, '=') || HasNul(key) ||
@@ -159,9 +160,8 @@ absl::StatusOr<sandbox::SandboxSpec> ToSandboxSpec(
     return absl::InvalidArgumentError("ttl and idle_ttl must not be negative");
   }
   if (ttl > limits.max_ttl) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ttl above the maximum of ",
-                     absl::FormatDuration(limits.max_ttl)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ttl above the maximum of ", absl::FormatDuration(limits.max_ttl)));
   }
   switch (spec.seccomp().default_action()) {
     case v1::SECCOMP_ACTION_UNSPECIFIED:
@@ -214,8 +214,8 @@ absl::StatusOr<sandbox::ExecRequest> ToSandboxExec(
   if (static_cast<int64_t>(request.stdin_data().size()) >
       limits.max_stdin_bytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("stdin_data above the maximum of ",
-                     limits.max_stdin_bytes, " bytes; use WriteFile"));
+        absl::StrCat("stdin_data above the maximum of ", limits.max_stdin_bytes,
+                     " bytes; use WriteFile"));
   }
   out.stdin_data = request.stdin_data();
   out.env.clear();
@@ -335,8 +335,7 @@ v1::FileInfo ToProtoFileInfo(const sandbox::FileInfo& info,
   }
   out.set_size_bytes(info.size);
   out.set_mode(info.mode & 07777);
-  *out.mutable_modify_time() =
-      ToProtoTime(absl::FromUnixNanos(info.mtime_ns));
+  *out.mutable_modify_time() = ToProtoTime(absl::FromUnixNanos(info.mtime_ns));
   return out;
 }
 

@@ -39,8 +39,8 @@ absl::Time FromProto(const google::protobuf::Timestamp& t);
 // Validates a dsec.v1 spec and turns it into a sandbox spec. Only
 // NETWORK_MODE_NONE is served: EGRESS_ALLOWLIST is INVALID_ARGUMENT, HOST
 // UNIMPLEMENTED. `image`, `mounts` need dsec-fs: INVALID_ARGUMENT.
-absl::StatusOr<sandbox::SandboxSpec> ToSandboxSpec(
-    const v1::SandboxSpec& spec, const RequestLimits& limits);
+absl::StatusOr<sandbox::SandboxSpec> ToSandboxSpec(const v1::SandboxSpec& spec,
+                                                   const RequestLimits& limits);
 
 // Memory the spec reserves on the node (its memory limit, default filled).
 int64_t ReservedMemory(const v1::SandboxSpec& spec);

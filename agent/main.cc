@@ -19,20 +19,29 @@
 #include "common/units.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "gRPC host:port");
-ABSL_FLAG(std::string, advertise, "", "host:port clients dial (default: listen)");
+ABSL_FLAG(std::string, advertise, "",
+          "host:port clients dial (default: listen)");
 ABSL_FLAG(std::string, node_id, "", "node id (default: hostname)");
-ABSL_FLAG(std::string, controller, "", "controller NodeRegistry host:port; empty: standalone");
-ABSL_FLAG(std::string, secret_file, "/etc/dsec/secret", "cluster secret (created if missing)");
-ABSL_FLAG(std::string, node_key_file, "", "file holding the node key; empty: none");
-ABSL_FLAG(std::string, state_dir, "", "runtime state dir (default /run/dsec/<pid>)");
-ABSL_FLAG(std::string, init_path, "", "dsec-init binary (default: next to this binary)");
+ABSL_FLAG(std::string, controller, "",
+          "controller NodeRegistry host:port; empty: standalone");
+ABSL_FLAG(std::string, secret_file, "/etc/dsec/secret",
+          "cluster secret (created if missing)");
+ABSL_FLAG(std::string, node_key_file, "",
+          "file holding the node key; empty: none");
+ABSL_FLAG(std::string, state_dir, "",
+          "runtime state dir (default /run/dsec/<pid>)");
+ABSL_FLAG(std::string, init_path, "",
+          "dsec-init binary (default: next to this binary)");
 ABSL_FLAG(int, max_sandboxes, 0, "max live sandboxes (0: no cap)");
-ABSL_FLAG(std::string, cpu, "", "node cpu capacity, e.g. 16 or 15500m (empty: no cap)");
-ABSL_FLAG(std::string, memory, "", "node memory capacity, e.g. 64Gi (empty: no cap)");
+ABSL_FLAG(std::string, cpu, "",
+          "node cpu capacity, e.g. 16 or 15500m (empty: no cap)");
+ABSL_FLAG(std::string, memory, "",
+          "node memory capacity, e.g. 64Gi (empty: no cap)");
 ABSL_FLAG(std::vector<std::string>, labels, {}, "node labels k=v,k=v");
 ABSL_FLAG(std::vector<std::string>, warm_pool, {},
           "warm pools class:size,... (default spec)");
-ABSL_FLAG(int, metrics_port, -1, "Prometheus port on 127.0.0.1 (-1: off, 0: any)");
+ABSL_FLAG(int, metrics_port, -1,
+          "Prometheus port on 127.0.0.1 (-1: off, 0: any)");
 ABSL_FLAG(std::string, log_level, "info", "log level");
 
 namespace {
@@ -57,9 +66,9 @@ absl::StatusOr<dsec::agent::AgentOptions> OptionsFromFlags() {
                    dsec::LoadOrCreateSecret(absl::GetFlag(FLAGS_secret_file),
                                             /*create_if_missing=*/true));
   if (!absl::GetFlag(FLAGS_node_key_file).empty()) {
-    ASSIGN_OR_RETURN(o.node_key, dsec::LoadOrCreateSecret(
-                                     absl::GetFlag(FLAGS_node_key_file),
-                                     /*create_if_missing=*/false));
+    ASSIGN_OR_RETURN(
+        o.node_key, dsec::LoadOrCreateSecret(absl::GetFlag(FLAGS_node_key_file),
+                                             /*create_if_missing=*/false));
   }
   o.state_dir = absl::GetFlag(FLAGS_state_dir);
   o.init_path = absl::GetFlag(FLAGS_init_path);
@@ -105,8 +114,8 @@ absl::StatusOr<dsec::agent::AgentOptions> OptionsFromFlags() {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  dsec::InitLogging({.level = absl::GetFlag(FLAGS_log_level),
-                     .component = "agent"})
+  dsec::InitLogging(
+      {.level = absl::GetFlag(FLAGS_log_level), .component = "agent"})
       .IgnoreError();
   // Block the stop signals in every thread; main waits for them.
   sigset_t stop;

@@ -183,28 +183,26 @@ absl::Status SandboxManager::Init() {
   static metrics::Registry* fallback = new metrics::Registry();
   metrics::Registry& reg = options_.metrics ? *options_.metrics : *fallback;
   metrics_ = std::make_unique<Metrics>();
-  metrics_->sandboxes = reg.AddGauge("dsec_agent_sandboxes",
-                                     "Sandboxes on this node by state.",
-                                     {"state"});
+  metrics_->sandboxes = reg.AddGauge(
+      "dsec_agent_sandboxes", "Sandboxes on this node by state.", {"state"});
   metrics_->exec_seconds =
       reg.AddHistogram("dsec_agent_exec_seconds", "Exec wall time.", {},
                        metrics::LatencyBuckets());
   metrics_->execs = reg.AddCounter("dsec_agent_execs_total",
                                    "Execs by outcome.", {"outcome"});
-  metrics_->warm_claims = reg.AddCounter(
-      "dsec_agent_warm_claims_total", "Warm pool claims served.", {"class"});
+  metrics_->warm_claims = reg.AddCounter("dsec_agent_warm_claims_total",
+                                         "Warm pool claims served.", {"class"});
   metrics_->warm_misses =
       reg.AddCounter("dsec_agent_warm_misses_total",
                      "Warm pool claims that launched cold.", {"class"});
-  metrics_->reaped = reg.AddCounter("dsec_agent_reaped_total",
-                                    "Sandboxes destroyed by ttl/idle_ttl.",
-                                    {"reason"});
+  metrics_->reaped =
+      reg.AddCounter("dsec_agent_reaped_total",
+                     "Sandboxes destroyed by ttl/idle_ttl.", {"reason"});
 
   for (const WarmPoolClass& pool_class : options_.warm_pools) {
     if (pool_class.name.empty() || pools_.count(pool_class.name)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("warm pool class \"", pool_class.name,
-                       "\" is empty or repeated"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "warm pool class \"", pool_class.name, "\" is empty or repeated"));
     }
     sandbox::WarmPoolOptions pool_options;
     ASSIGN_OR_RETURN(pool_options.spec,
@@ -260,9 +258,8 @@ absl::Status SandboxManager::Admit(const v1::SandboxSpec& spec,
   }
   const int live = static_cast<int>(sandboxes_.size());
   if (options_.max_sandboxes > 0 && live + count > options_.max_sandboxes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("node holds ", live, " of ", options_.max_sandboxes,
-                     " sandboxes"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "node holds ", live, " of ", options_.max_sandboxes, " sandboxes"));
   }
   if (options_.memory_bytes > 0 &&
       memory + count * ReservedMemory(spec) > options_.memory_bytes) {
@@ -272,9 +269,9 @@ absl::Status SandboxManager::Admit(const v1::SandboxSpec& spec,
   }
   if (options_.cpu_millicores > 0 &&
       cpu + count * spec.limits().cpu_millicores() > options_.cpu_millicores) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "node cpu: ", cpu, " of ", options_.cpu_millicores,
-        " millicores committed"));
+    return absl::ResourceExhaustedError(absl::StrCat("node cpu: ", cpu, " of ",
+                                                     options_.cpu_millicores,
+                                                     " millicores committed"));
   }
   return absl::OkStatus();
 }
@@ -591,8 +588,7 @@ SandboxManager::AuthorizeRunning(absl::string_view id,
   ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, Authorize(id, token, true));
   absl::MutexLock lock(&entry->mu);
   if (entry->state == v1::SANDBOX_STATE_PARKED) {
-    return absl::FailedPreconditionError(
-        "sandbox is parked; Unpark it first");
+    return absl::FailedPreconditionError("sandbox is parked; Unpark it first");
   }
   return entry;
 }
@@ -786,9 +782,10 @@ absl::StatusOr<v1::WriteFileResponse> SandboxManager::WriteFile(
   if (!header.action_id().empty()) {
     v1::WriteFileHeader key = header;
     key.clear_token();
-    ASSIGN_OR_RETURN(auto begun,
-                     entry->BeginAction(header.action_id(),
-                                        Fingerprint("write", key, Sha256Hex(data))));
+    ASSIGN_OR_RETURN(
+        auto begun,
+        entry->BeginAction(header.action_id(),
+                           Fingerprint("write", key, Sha256Hex(data))));
     if (!begun.second) {
       RETURN_IF_ERROR(AwaitAction(*begun.first, nullptr));
       v1::WriteFileResponse recorded;
@@ -862,13 +859,14 @@ absl::Status SandboxManager::ReadFile(const v1::ReadFileRequest& request,
   }
   info.size = st.st_size;
   if (request.offset_bytes() > st.st_size) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "offset ", request.offset_bytes(), " beyond the end (", st.st_size,
-        " bytes)"));
+    return absl::OutOfRangeError(absl::StrCat("offset ", request.offset_bytes(),
+                                              " beyond the end (", st.st_size,
+                                              " bytes)"));
   }
   int64_t end = st.st_size;
   if (request.limit_bytes() > 0) {
-    end = std::min<int64_t>(end, request.offset_bytes() + request.limit_bytes());
+    end =
+        std::min<int64_t>(end, request.offset_bytes() + request.limit_bytes());
   }
   v1::ReadFileResponse first;
   *first.mutable_info() = ToProtoFileInfo(info, path);
@@ -911,8 +909,9 @@ absl::StatusOr<v1::ListFilesResponse> SandboxManager::ListFiles(
   }
   const int page_size =
       request.page_size() == 0 ? 1000 : std::min(request.page_size(), 10000);
-  const std::string listing_key = Fingerprint(
-      "list", request, absl::StrCat(path, request.recursive())).substr(0, 16);
+  const std::string listing_key =
+      Fingerprint("list", request, absl::StrCat(path, request.recursive()))
+          .substr(0, 16);
   size_t start = 0;
   if (!request.page_token().empty()) {
     std::pair<std::string, std::string> parts =
@@ -1125,7 +1124,8 @@ absl::StatusOr<v1::ForkResponse> SandboxManager::Fork(
     v1::SandboxSpec child = entry->spec;
     child.clear_warm_pool_class();
     child.mutable_layers()->CopyFrom(response.snapshot().layers());
-    for (const auto& [k, v] : request.labels()) (*child.mutable_labels())[k] = v;
+    for (const auto& [k, v] : request.labels())
+      (*child.mutable_labels())[k] = v;
     {
       absl::MutexLock lock(&mu_);
       RETURN_IF_ERROR(Admit(child, request.count()));
@@ -1142,9 +1142,8 @@ absl::StatusOr<v1::ForkResponse> SandboxManager::Fork(
       absl::StatusOr<bool> launched =
           Launch(id, entry->job_id, child, entry->expire_time);
       absl::StatusOr<std::string> token =
-          launched.ok()
-              ? signer_->Sign({id, claims.job_id, claims.expire_time})
-              : launched.status();
+          launched.ok() ? signer_->Sign({id, claims.job_id, claims.expire_time})
+                        : launched.status();
       if (launched.ok()) started.push_back(id);
       if (!token.ok()) {
         undo();
@@ -1205,9 +1204,8 @@ std::vector<v1::ProcessInfo> SandboxProcesses(const sandbox::SafeRoot& root) {
     // last ')'.
     const size_t close = stat->rfind(')');
     if (close == std::string::npos) continue;
-    std::vector<absl::string_view> f =
-        absl::StrSplit(absl::string_view(*stat).substr(close + 1), ' ',
-                       absl::SkipEmpty());
+    std::vector<absl::string_view> f = absl::StrSplit(
+        absl::string_view(*stat).substr(close + 1), ' ', absl::SkipEmpty());
     // f[0] = state (field 3), f[1] = ppid, f[11] utime, f[12] stime,
     // f[21] rss (pages).
     if (f.size() < 22) continue;
@@ -1255,9 +1253,8 @@ absl::StatusOr<v1::SignalResponse> SandboxManager::Signal(
   switch (request.target_case()) {
     case v1::SignalRequest::kPid: {
       const bool exists =
-          std::any_of(procs.begin(), procs.end(), [&](const auto& p) {
-            return p.pid() == request.pid();
-          });
+          std::any_of(procs.begin(), procs.end(),
+                      [&](const auto& p) { return p.pid() == request.pid(); });
       if (!exists) {
         return absl::NotFoundError(
             absl::StrCat("no process ", request.pid(), " in the sandbox"));
