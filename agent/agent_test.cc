@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -254,6 +255,65 @@ TEST_F(AgentTest, ActionIdRunsOnceAndRejectsADifferentRequest) {
   req.set_shell("echo y >> /tmp/f");
   EXPECT_EQ(Exec(req).status.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_EQ(Run("sb1", "cat /tmp/f"), "x\n");
+}
+
+TEST_F(AgentTest, RepeatOfAnInFlightActionWaitsForTheSameResult) {
+  StartAgent();
+  ASSERT_TRUE(Start("sb1").ok());
+  v1::ExecRequest req = Shell("sb1", "sleep 1; echo x >> /tmp/g; date +%N");
+  req.set_action_id("slow");
+  ExecOutcome first;
+  std::thread t([&] { first = Exec(req); });
+  ExecOutcome second = Exec(req);
+  t.join();
+  ASSERT_TRUE(first.status.ok());
+  ASSERT_TRUE(second.status.ok());
+  EXPECT_EQ(first.result().stdout_data(), second.result().stdout_data());
+  EXPECT_NE(first.result().replayed(), second.result().replayed());
+  EXPECT_EQ(Run("sb1", "cat /tmp/g"), "x\n");
+}
+
+TEST_F(AgentTest, WriteFileWithActionIdIsReplayed) {
+  StartAgent();
+  ASSERT_TRUE(Start("sb1").ok());
+  auto write = [&](const std::string& data, v1::WriteFileResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    auto writer = runtime_->WriteFile(&ctx, resp);
+    v1::WriteFileRequest msg;
+    msg.mutable_header()->set_sandbox_id("sb1");
+    msg.mutable_header()->set_token(Token("sb1"));
+    msg.mutable_header()->set_path("log.txt");  // relative: /root/log.txt
+    msg.mutable_header()->set_write_mode(v1::WRITE_MODE_APPEND);
+    msg.mutable_header()->set_action_id("w1");
+    writer->Write(msg);
+    msg.set_data(data);
+    writer->Write(msg);
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  v1::WriteFileResponse resp;
+  ASSERT_TRUE(write("line\n", &resp).ok());
+  EXPECT_FALSE(resp.replayed());
+  EXPECT_EQ(resp.path(), "/root/log.txt");
+  ASSERT_TRUE(write("line\n", &resp).ok());
+  EXPECT_TRUE(resp.replayed());
+  EXPECT_EQ(write("other\n", &resp).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(Run("sb1", "cat /root/log.txt"), "line\n");
+}
+
+TEST_F(AgentTest, ExpireTimeReapsTheSandbox) {
+  StartAgent();
+  grpc::ClientContext ctx;
+  v1::StartSandboxRequest req;
+  req.set_sandbox_id("short");
+  req.set_job_id(kJob);
+  *req.mutable_expire_time() = ToProtoTime(absl::Now() + absl::Seconds(1));
+  v1::StartSandboxResponse resp;
+  ASSERT_TRUE(node_->StartSandbox(&ctx, req, &resp).ok());
+  EXPECT_TRUE(Eventually(
+      [&] { return agent_->manager().ListSandboxes().sandboxes_size() == 0; }));
 }
 
 TEST_F(AgentTest, TokensAreChecked) {

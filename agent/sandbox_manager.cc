@@ -677,6 +677,10 @@ absl::Status SandboxManager::Exec(const v1::ExecRequest& request,
       return fail(absl::FailedPreconditionError(
           absl::StrCat("sandbox is ", StateLabel(entry->state))));
     }
+    if (entry->inflight >= options_.max_concurrent_execs) {
+      return fail(absl::ResourceExhaustedError(
+          absl::StrCat(entry->inflight, " execs already running; back off")));
+    }
     ++entry->inflight;
     sb = entry->sb;
   }

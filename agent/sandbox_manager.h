@@ -55,6 +55,8 @@ struct ManagerOptions {
   // Largest file WriteFile takes (uploads are staged in memory before they
   // touch the sandbox, so a cancelled upload writes nothing).
   int64_t max_write_file_bytes = 256LL << 20;
+  // Concurrent execs per sandbox; more: RESOURCE_EXHAUSTED.
+  int max_concurrent_execs = 64;
   // Idempotency records kept per sandbox (oldest finished ones dropped).
   int max_actions_per_sandbox = 4096;
   // When false, Fork needs controller admission and is refused.
