@@ -20,6 +20,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -231,7 +232,7 @@ struct ControllerServer::Impl {
   absl::flat_hash_map<std::string, JobRec> jobs ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, std::string> job_by_key
       ABSL_GUARDED_BY(mu);  // hash -> id
-  absl::flat_hash_map<std::string, SbxRec> sandboxes ABSL_GUARDED_BY(mu);
+  absl::node_hash_map<std::string, SbxRec> sandboxes ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, NodeRec> nodes ABSL_GUARDED_BY(mu);
   std::vector<std::string> node_by_index ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, v1::Snapshot> snapshots ABSL_GUARDED_BY(mu);
@@ -245,15 +246,24 @@ struct ControllerServer::Impl {
       ABSL_GUARDED_BY(mu);
   int64_t state_counts[10] ABSL_GUARDED_BY(mu) = {};
   int64_t placements_total ABSL_GUARDED_BY(mu) = 0;
+  bool pump_needed ABSL_GUARDED_BY(mu) = false;
+  bool pumping ABSL_GUARDED_BY(mu) = false;
 
   // ---- helpers -------------------------------------------------------------
   static std::string QueueKey(const std::string& job, const std::string& rid) {
     return absl::StrCat(job, "\n", rid);
   }
 
+  // Writes `batch`; then, if capacity was freed, grants queued requests.
+  // Callers hold no references into the maps across this call.
   void Persist(Store::Batch batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     absl::Status s = store->Write(std::move(batch));
     if (!s.ok()) DSEC_LOG_ERROR("controller: store write failed: {}", s.ToString());
+    if (pump_needed && !pumping) {
+      pump_needed = false;
+      cv.SignalAll();
+      PumpQueue();
+    }
   }
 
   void PublishStateGauge(v1::SandboxState s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -343,8 +353,7 @@ struct ControllerServer::Impl {
     r.sb.set_resource_version(++rv);
     if (was_live && !IsLive(state)) {
       Uncharge(r);
-      cv.SignalAll();
-      PumpQueue();
+      pump_needed = true;  // run at the next Persist(), with no refs held
     }
     if (IsTerminal(state)) terminal_order.emplace_back(absl::Now(), r.sb.id());
     v1::SandboxEvent::Type type = v1::SandboxEvent::TYPE_STATE_CHANGED;
@@ -673,7 +682,8 @@ struct ControllerServer::Impl {
 
   // Grants queued requests in order while capacity allows.
   void PumpQueue() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (queue.empty()) return;
+    if (queue.empty() || pumping) return;
+    pumping = true;
     std::vector<Waiter*> order(queue.begin(), queue.end());
     std::sort(order.begin(), order.end(),
               [&](const Waiter* a, const Waiter* b) { return Before(a, b); });
@@ -694,6 +704,7 @@ struct ControllerServer::Impl {
       w->granted = true;
       cv.SignalAll();
     }
+    pumping = false;
   }
 
   void RemoveWaiter(Waiter* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {

@@ -33,8 +33,10 @@ Placer::Placer(PlacerOptions options)
 int64_t Placer::FreeUnits(const Node& node) {
   int64_t cpu = (node.cap.cpu_millicores - node.used.cpu_millicores) / kCpuUnit;
   int64_t mem = (node.cap.memory_bytes - node.used.memory_bytes) / kMemUnit;
-  int64_t slots = node.cap.max_sandboxes - node.used.sandboxes;
-  return std::max<int64_t>(0, std::min({cpu, mem, slots}));
+  // A node without a free slot fits nothing; slots are otherwise checked
+  // exactly (they are counted per sandbox, not in units).
+  if (node.used.sandboxes >= node.cap.max_sandboxes) return 0;
+  return std::max<int64_t>(0, std::min(cpu, mem));
 }
 
 // 0 units: bucket 0; else 1 + floor(log2(units)), so bucket b >= 1 holds
@@ -220,24 +222,20 @@ absl::StatusOr<NodeIndex> Placer::Place(const PlacementRequest& r) {
       }
     }
   }
+  // A fitting node has min(free cpu units, free mem units) >= min(need):
+  // only buckets from BucketOf(min need) up can hold one (exact check
+  // below).
   int64_t need_cpu = (r.cpu_millicores + kCpuUnit - 1) / kCpuUnit;
   int64_t need_mem = (r.memory_bytes + kMemUnit - 1) / kMemUnit;
-  int64_t need = std::max<int64_t>({need_cpu, need_mem, 1});
-  // Buckets >= full_from hold nodes with at least `need` free units; the
-  // bucket below may hold some that fit.
-  int partial = BucketOf(need);
-  int full_from = partial + 1;
-  if (partial >= 1 && need == (int64_t{1} << (partial - 1))) full_from = partial;
+  int64_t need = std::max<int64_t>(std::min(need_cpu, need_mem), 1);
+  int from = BucketOf(need);
 
   std::vector<const std::vector<NodeIndex>*> sources;
   if (selector_set != nullptr) {
     sources.push_back(selector_set);
   } else {
-    for (int b = full_from; b < kBuckets; ++b) {
+    for (int b = kBuckets - 1; b >= from; --b) {
       if (!buckets_[b].empty()) sources.push_back(&buckets_[b]);
-    }
-    if (partial < full_from && partial > 0 && !buckets_[partial].empty()) {
-      sources.push_back(&buckets_[partial]);
     }
   }
   size_t total = 0;

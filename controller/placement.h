@@ -1,11 +1,11 @@
 // Placement core: picks a node for one sandbox among up to ~10,000 nodes
 // without scanning them all. No gRPC, no I/O.
 //
-// Nodes are indexed by a coarse "free units" bucket (the smallest of free
-// CPU / kCpuUnit, free memory / kMemUnit and free sandbox slots, log2
-// classes), by label ("k=v" posting sets) and by cached image. A placement
-// draws `samples` candidates (power-of-k choices) from the buckets that are
-// guaranteed to fit (or from the smallest node_selector posting set), checks
+// Nodes are indexed by a coarse "free units" bucket (the smaller of free
+// CPU / kCpuUnit and free memory / kMemUnit, log2 classes; 0 when no sandbox
+// slot is free), by label ("k=v" posting sets) and by cached image. A placement
+// draws `samples` candidates (power-of-k choices) from the buckets that can
+// fit (or from the smallest node_selector posting set), checks
 // each exactly, scores the feasible ones by load, image locality and group
 // spread/pack, and reserves the resources on the winner. When sampling finds
 // nothing, a bounded scan (kMaxScan entries from a random offset) runs
