@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < n_nodes; ++i) {
     std::map<std::string, std::string> labels{{"zone", absl::StrCat("z", i % 4)},
                                               {"pool", i % 10 == 0 ? "gpu" : "cpu"}};
-    placer.UpsertNode(absl::StrCat("node-", i), {96000, 384 * kGiB, 200}, labels,
+    placer.UpsertNode(absl::StrCat("node-", i), {128000, 512 * kGiB, 200}, labels,
                       {images[i % 20], images[(i * 7 + 3) % 20]});
   }
   std::vector<Job> jobs(100);
@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
     // Rebuild reservations as the controller does.
     Placer rebuilt;
     for (int i = 0; i < n_nodes; ++i) {
-      rebuilt.UpsertNode(absl::StrCat("node-", i), {96000, 384 * kGiB, 200}, {}, {});
+      rebuilt.UpsertNode(absl::StrCat("node-", i), {128000, 512 * kGiB, 200}, {}, {});
     }
     for (const auto& sb : state->sandboxes) {
       auto n = rebuilt.FindNode(sb.node_id());
