@@ -72,10 +72,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> images;
   for (int i = 0; i < 20; ++i) images.push_back(absl::StrCat("image-", i));
   for (int i = 0; i < n_nodes; ++i) {
-    std::map<std::string, std::string> labels{{"zone", absl::StrCat("z", i % 4)},
-                                              {"pool", i % 10 == 0 ? "gpu" : "cpu"}};
-    placer.UpsertNode(absl::StrCat("node-", i), {128000, 512 * kGiB, 200}, labels,
-                      {images[i % 20], images[(i * 7 + 3) % 20]});
+    std::map<std::string, std::string> labels{
+        {"zone", absl::StrCat("z", i % 4)},
+        {"pool", i % 10 == 0 ? "gpu" : "cpu"}};
+    placer.UpsertNode(absl::StrCat("node-", i), {128000, 512 * kGiB, 200},
+                      labels, {images[i % 20], images[(i * 7 + 3) % 20]});
   }
   std::vector<Job> jobs(100);
   for (auto& j : jobs) j.max_sandboxes = 2 * n_sb / 100;
@@ -85,7 +86,8 @@ int main(int argc, char** argv) {
   std::vector<double> lat;
   lat.reserve(n_sb / 100 + 1);
   std::map<std::string, std::string> sel_zone{{"zone", "z1"}};
-  std::uniform_int_distribution<int> pick_job(0, 99), pick_img(0, 19), pct(0, 99);
+  std::uniform_int_distribution<int> pick_job(0, 99), pick_img(0, 19),
+      pct(0, 99);
   dsec::controller::GroupState group;
   int failures = 0;
   absl::Time t0 = absl::Now();
@@ -114,7 +116,8 @@ int main(int argc, char** argv) {
     j.used++;
     j.cpu += r.cpu_millicores;
     j.mem += r.memory_bytes;
-    live.push_back({*n, job, static_cast<int32_t>(r.cpu_millicores), r.memory_bytes});
+    live.push_back(
+        {*n, job, static_cast<int32_t>(r.cpu_millicores), r.memory_bytes});
     if (sample) lat.push_back(absl::ToDoubleMicroseconds(absl::Now() - s));
   }
   double place_s = absl::ToDoubleSeconds(absl::Now() - t0);
@@ -125,7 +128,8 @@ int main(int argc, char** argv) {
 
   // Churn at full occupancy: delete a random live sandbox, place a new one.
   const int churn = std::min<int>(200000, static_cast<int>(live.size()));
-  std::uniform_int_distribution<size_t> pick_live(0, live.empty() ? 0 : live.size() - 1);
+  std::uniform_int_distribution<size_t> pick_live(
+      0, live.empty() ? 0 : live.size() - 1);
   absl::Time c0 = absl::Now();
   for (int i = 0; i < churn; ++i) {
     size_t k = pick_live(rng);
@@ -140,10 +144,13 @@ int main(int argc, char** argv) {
   }
   double churn_s = absl::ToDoubleSeconds(absl::Now() - c0);
 
-  std::printf("placement bench: %d nodes, %d sandboxes requested, %zu placed, %d refused\n",
-              n_nodes, n_sb, live.size(), failures);
+  std::printf(
+      "placement bench: %d nodes, %d sandboxes requested, %zu placed, %d "
+      "refused\n",
+      n_nodes, n_sb, live.size(), failures);
   std::printf("%-34s %14s\n", "metric", "value");
-  std::printf("%-34s %14.0f\n", "placements/s (1 thread)", live.size() / place_s);
+  std::printf("%-34s %14.0f\n", "placements/s (1 thread)",
+              live.size() / place_s);
   std::printf("%-34s %14.2f\n", "placement p50 (us)", p50);
   std::printf("%-34s %14.2f\n", "placement p99 (us)", p99);
   std::printf("%-34s %14.0f\n", "churn release+place/s at 1M", churn / churn_s);
@@ -175,8 +182,8 @@ int main(int argc, char** argv) {
       sb.set_state(dsec::v1::SANDBOX_STATE_RUNNING);
       sb.set_state_reason("started");
       sb.set_node_id(placer.NodeId(live[i].node));
-      sb.set_agent_endpoint(absl::StrCat("10.0.", live[i].node / 256, ".", live[i].node % 256,
-                                         ":7071"));
+      sb.set_agent_endpoint(absl::StrCat("10.0.", live[i].node / 256, ".",
+                                         live[i].node % 256, ":7071"));
       *sb.mutable_create_time() = now;
       *sb.mutable_update_time() = now;
       *sb.mutable_expire_time() = now;
@@ -202,12 +209,14 @@ int main(int argc, char** argv) {
     // Rebuild reservations as the controller does.
     Placer rebuilt;
     for (int i = 0; i < n_nodes; ++i) {
-      rebuilt.UpsertNode(absl::StrCat("node-", i), {128000, 512 * kGiB, 200}, {}, {});
+      rebuilt.UpsertNode(absl::StrCat("node-", i), {128000, 512 * kGiB, 200},
+                         {}, {});
     }
     for (const auto& sb : state->sandboxes) {
       auto n = rebuilt.FindNode(sb.node_id());
-      if (n) rebuilt.Reserve(*n, sb.spec().limits().cpu_millicores(),
-                             sb.spec().limits().memory_bytes());
+      if (n)
+        rebuilt.Reserve(*n, sb.spec().limits().cpu_millicores(),
+                        sb.spec().limits().memory_bytes());
     }
   }
   double load_s = absl::ToDoubleSeconds(absl::Now() - r0);

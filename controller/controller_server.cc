@@ -131,14 +131,14 @@ struct Metrics {
                                        "Sandboxes placed on nodes.");
       out->queue_depth = reg.AddGauge("dsec_controller_queue_depth",
                                       "Create requests waiting in the queue.");
-      out->queue_wait = reg.AddHistogram(
-          "dsec_controller_queue_wait_seconds",
-          "Time create requests waited for admission.", {},
-          metrics::LatencyBuckets());
+      out->queue_wait =
+          reg.AddHistogram("dsec_controller_queue_wait_seconds",
+                           "Time create requests waited for admission.", {},
+                           metrics::LatencyBuckets());
       out->heartbeats = reg.AddCounter("dsec_controller_heartbeats_total",
                                        "Agent heartbeats received.");
-      out->nodes = reg.AddGauge("dsec_controller_nodes", "Nodes, by state.",
-                                {"state"});
+      out->nodes =
+          reg.AddGauge("dsec_controller_nodes", "Nodes, by state.", {"state"});
       return out;
     }();
     return *m;
@@ -258,7 +258,8 @@ struct ControllerServer::Impl {
   // Callers hold no references into the maps across this call.
   void Persist(Store::Batch batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     absl::Status s = store->Write(std::move(batch));
-    if (!s.ok()) DSEC_LOG_ERROR("controller: store write failed: {}", s.ToString());
+    if (!s.ok())
+      DSEC_LOG_ERROR("controller: store write failed: {}", s.ToString());
     if (pump_needed && !pumping) {
       pump_needed = false;
       cv.SignalAll();
@@ -276,8 +277,9 @@ struct ControllerServer::Impl {
     int64_t counts[5] = {};
     for (const auto& [id, n] : nodes) counts[n.node.state()]++;
     for (int s = 1; s <= 4; ++s) {
-      Metrics::Get().nodes->Set({v1::NodeState_Name(static_cast<v1::NodeState>(s))},
-                                static_cast<double>(counts[s]));
+      Metrics::Get().nodes->Set(
+          {v1::NodeState_Name(static_cast<v1::NodeState>(s))},
+          static_cast<double>(counts[s]));
     }
   }
 
@@ -357,7 +359,8 @@ struct ControllerServer::Impl {
     }
     if (IsTerminal(state)) terminal_order.emplace_back(absl::Now(), r.sb.id());
     v1::SandboxEvent::Type type = v1::SandboxEvent::TYPE_STATE_CHANGED;
-    if (state == v1::SANDBOX_STATE_TERMINATED) type = v1::SandboxEvent::TYPE_DELETED;
+    if (state == v1::SANDBOX_STATE_TERMINATED)
+      type = v1::SandboxEvent::TYPE_DELETED;
     if (state == v1::SANDBOX_STATE_LOST) type = v1::SandboxEvent::TYPE_LOST;
     Emit(type, r.sb);
     batch->PutSandbox(r.sb);
@@ -365,14 +368,16 @@ struct ControllerServer::Impl {
 
   absl::StatusOr<v1::SandboxHandle> MakeHandle(const v1::Sandbox& sb) const {
     absl::Time expire = absl::Now() + options.token_ttl;
-    if (sb.has_expire_time()) expire = std::min(expire, FromProto(sb.expire_time()));
+    if (sb.has_expire_time())
+      expire = std::min(expire, FromProto(sb.expire_time()));
     ASSIGN_OR_RETURN(std::string token,
                      signer.Sign({sb.id(), sb.job_id(), expire}));
     v1::SandboxHandle h;
     h.set_sandbox_id(sb.id());
     h.set_agent_endpoint(sb.agent_endpoint());
     h.set_token(std::move(token));
-    *h.mutable_token_expire_time() = ToProto(absl::FromUnixSeconds(absl::ToUnixSeconds(expire)));
+    *h.mutable_token_expire_time() =
+        ToProto(absl::FromUnixSeconds(absl::ToUnixSeconds(expire)));
     h.set_node_id(sb.node_id());
     return h;
   }
@@ -390,7 +395,8 @@ struct ControllerServer::Impl {
     std::string key;
     if (!auth.empty()) {
       if (!absl::StartsWith(auth, "Bearer ")) {
-        return absl::UnauthenticatedError("authorization must be 'Bearer <key>'");
+        return absl::UnauthenticatedError(
+            "authorization must be 'Bearer <key>'");
       }
       key = auth.substr(7);
     }
@@ -442,7 +448,8 @@ struct ControllerServer::Impl {
       return c.job_id;
     }
     if (requested.empty()) {
-      return absl::InvalidArgumentError("job_id is required with the admin key");
+      return absl::InvalidArgumentError(
+          "job_id is required with the admin key");
     }
     if (!jobs.contains(requested)) {
       return absl::NotFoundError(absl::StrCat("job ", requested, " not found"));
@@ -454,7 +461,8 @@ struct ControllerServer::Impl {
   absl::StatusOr<SbxRec*> FindSandbox(const Caller& c, const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     auto it = sandboxes.find(id);
-    if (it == sandboxes.end() || (!c.admin && it->second.sb.job_id() != c.job_id)) {
+    if (it == sandboxes.end() ||
+        (!c.admin && it->second.sb.job_id() != c.job_id)) {
       return absl::NotFoundError(absl::StrCat("sandbox ", id, " not found"));
     }
     return &it->second;
@@ -481,7 +489,8 @@ struct ControllerServer::Impl {
       }
     }
     if (spec->network_mode() == v1::NETWORK_MODE_HOST && !c.admin) {
-      return absl::PermissionDeniedError("NETWORK_MODE_HOST needs the admin key");
+      return absl::PermissionDeniedError(
+          "NETWORK_MODE_HOST needs the admin key");
     }
     if (spec->network_mode() != v1::NETWORK_MODE_EGRESS_ALLOWLIST &&
         spec->egress_allow_size() > 0) {
@@ -491,28 +500,34 @@ struct ControllerServer::Impl {
     if (spec->has_ttl()) {
       absl::Duration ttl = FromProto(spec->ttl());
       if (ttl <= absl::ZeroDuration() || ttl > options.max_sandbox_ttl) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "spec.ttl must be in (0, ", absl::FormatDuration(options.max_sandbox_ttl), "]"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("spec.ttl must be in (0, ",
+                         absl::FormatDuration(options.max_sandbox_ttl), "]"));
       }
     } else {
       *spec->mutable_ttl() = ToProtoDuration(options.default_sandbox_ttl);
     }
-    if (spec->has_idle_ttl() && FromProto(spec->idle_ttl()) < absl::ZeroDuration()) {
+    if (spec->has_idle_ttl() &&
+        FromProto(spec->idle_ttl()) < absl::ZeroDuration()) {
       return absl::InvalidArgumentError("spec.idle_ttl negative");
     }
     for (const auto& m : spec->mounts()) {
       if (!absl::StartsWith(m.source_path(), "/") ||
           !absl::StartsWith(m.target_path(), "/")) {
-        return absl::InvalidArgumentError("spec.mounts: paths must be absolute");
+        return absl::InvalidArgumentError(
+            "spec.mounts: paths must be absolute");
       }
     }
     auto* l = spec->mutable_limits();
-    if (l->cpu_millicores() == 0) l->set_cpu_millicores(options.default_cpu_millicores);
-    if (l->memory_bytes() == 0) l->set_memory_bytes(options.default_memory_bytes);
+    if (l->cpu_millicores() == 0)
+      l->set_cpu_millicores(options.default_cpu_millicores);
+    if (l->memory_bytes() == 0)
+      l->set_memory_bytes(options.default_memory_bytes);
     return absl::OkStatus();
   }
 
-  absl::Time QueueDeadline(bool has_timeout, const google::protobuf::Duration& qt,
+  absl::Time QueueDeadline(bool has_timeout,
+                           const google::protobuf::Duration& qt,
                            const grpc::ServerContext* ctx) const {
     absl::Time now = absl::Now();
     if (has_timeout) {
@@ -550,7 +565,8 @@ struct ControllerServer::Impl {
       if (it != jobs.end()) {
         prio = it->second.job.priority();
         int32_t weight = std::max(1, it->second.job.weight());
-        share = static_cast<double>(it->second.job.usage().sandboxes()) / weight;
+        share =
+            static_cast<double>(it->second.job.usage().sandboxes()) / weight;
       }
       return std::make_tuple(-prio, share, w->seq);
     };
@@ -579,7 +595,8 @@ struct ControllerServer::Impl {
       room = std::min(room, r);
     }
     if (q.cpu_millicores() > 0 && cpu > 0) {
-      int64_t r = std::max<int64_t>(0, (q.cpu_millicores() - u.cpu_millicores()) / cpu);
+      int64_t r =
+          std::max<int64_t>(0, (q.cpu_millicores() - u.cpu_millicores()) / cpu);
       if (r < want && what) {
         *what = absl::StrCat("job quota cpu_millicores ", q.cpu_millicores(),
                              " (using ", u.cpu_millicores(), ")");
@@ -588,7 +605,8 @@ struct ControllerServer::Impl {
       room = std::min(room, r);
     }
     if (q.memory_bytes() > 0 && mem > 0) {
-      int64_t r = std::max<int64_t>(0, (q.memory_bytes() - u.memory_bytes()) / mem);
+      int64_t r =
+          std::max<int64_t>(0, (q.memory_bytes() - u.memory_bytes()) / mem);
       if (r < want && what) {
         *what = absl::StrCat("job quota memory_bytes ", q.memory_bytes(),
                              " (using ", u.memory_bytes(), ")");
@@ -636,7 +654,8 @@ struct ControllerServer::Impl {
       for (NodeIndex n : placed) {
         placer.Release(n, req.cpu_millicores, req.memory_bytes);
         auto it = p.group.per_node.find(n);
-        if (it != p.group.per_node.end() && --it->second == 0) p.group.per_node.erase(it);
+        if (it != p.group.per_node.end() && --it->second == 0)
+          p.group.per_node.erase(it);
       }
       return {};
     }
@@ -715,7 +734,8 @@ struct ControllerServer::Impl {
     if (jit != jobs.end()) {
       auto* u = jit->second.job.mutable_usage();
       u->set_queued_requests(std::max<int64_t>(0, u->queued_requests() - 1));
-      u->set_queued_sandboxes(std::max<int64_t>(0, u->queued_sandboxes() - w->count));
+      u->set_queued_sandboxes(
+          std::max<int64_t>(0, u->queued_sandboxes() - w->count));
     }
   }
 
@@ -767,20 +787,24 @@ struct ControllerServer::Impl {
       u->set_queued_sandboxes(u->queued_sandboxes() + args.count);
     }
     PumpQueue();
-    while (!p.waiter.granted && !stopping && absl::Now() < args.queue_deadline) {
+    while (!p.waiter.granted && !stopping &&
+           absl::Now() < args.queue_deadline) {
       auto jit = jobs.find(args.spec.job_id());
-      if (jit == jobs.end() || jit->second.job.state() != v1::JOB_STATE_ACTIVE) break;
+      if (jit == jobs.end() || jit->second.job.state() != v1::JOB_STATE_ACTIVE)
+        break;
       cv.WaitWithDeadline(&mu, args.queue_deadline);
     }
     RemoveWaiter(&p.waiter);
-    Metrics::Get().queue_wait->Observe({}, absl::ToDoubleSeconds(absl::Now() - start));
+    Metrics::Get().queue_wait->Observe(
+        {}, absl::ToDoubleSeconds(absl::Now() - start));
     if (p.waiter.granted) {
       *ids = std::move(p.waiter.ids);
       return absl::OkStatus();
     }
     if (stopping) return absl::UnavailableError("controller shutting down");
     auto jit = jobs.find(args.spec.job_id());
-    if (jit == jobs.end() || jit->second.job.state() == v1::JOB_STATE_DELETING) {
+    if (jit == jobs.end() ||
+        jit->second.job.state() == v1::JOB_STATE_DELETING) {
       return absl::FailedPreconditionError("the job is being deleted");
     }
     if (jit->second.job.state() == v1::JOB_STATE_LEASE_EXPIRED) {
@@ -791,15 +815,18 @@ struct ControllerServer::Impl {
     int32_t room = QuotaRoom(args, args.count, &quota_what, sf);
     std::string cap_msg;
     std::vector<std::string> got;
-    if (room >= args.min_count) got = PlaceSome(p, room, /*all=*/false, &cap_msg);
+    if (room >= args.min_count)
+      got = PlaceSome(p, room, /*all=*/false, &cap_msg);
     if (static_cast<int32_t>(got.size()) >= args.min_count && !got.empty()) {
       if (static_cast<int32_t>(got.size()) < args.count) {
         *has_sf = true;
         sf->set_placed_count(static_cast<int32_t>(got.size()));
-        sf->set_reason(room < args.count ? v1::CapacityShortfall::REASON_QUOTA
-                                         : v1::CapacityShortfall::REASON_CAPACITY);
+        sf->set_reason(room < args.count
+                           ? v1::CapacityShortfall::REASON_QUOTA
+                           : v1::CapacityShortfall::REASON_CAPACITY);
         if (sf->sandboxes_short() == 0) {
-          sf->set_sandboxes_short(args.count - static_cast<int32_t>(got.size()));
+          sf->set_sandboxes_short(args.count -
+                                  static_cast<int32_t>(got.size()));
         }
       }
       *ids = std::move(got);
@@ -824,22 +851,26 @@ struct ControllerServer::Impl {
       int32_t short_n = args.min_count - static_cast<int32_t>(got.size());
       sf->set_sandboxes_short(short_n);
       sf->set_cpu_millicores_short(std::max<int64_t>(
-          0, short_n * args.spec.limits().cpu_millicores() - free.cpu_millicores));
+          0,
+          short_n * args.spec.limits().cpu_millicores() - free.cpu_millicores));
       sf->set_memory_bytes_short(std::max<int64_t>(
           0, short_n * args.spec.limits().memory_bytes() - free.memory_bytes));
-      msg = absl::StrCat("capacity short: ", cap_msg, " (free in cluster: ",
-                         free.cpu_millicores, " millicores, ", free.memory_bytes,
-                         " bytes, ", free.sandboxes, " slots)");
+      msg = absl::StrCat("capacity short: ", cap_msg,
+                         " (free in cluster: ", free.cpu_millicores,
+                         " millicores, ", free.memory_bytes, " bytes, ",
+                         free.sandboxes, " slots)");
     }
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "could not place ", args.min_count, " of ", args.count,
-        " sandboxes within the queue timeout; ", msg));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("could not place ", args.min_count, " of ", args.count,
+                     " sandboxes within the queue timeout; ", msg));
   }
 
   // ---- agent calls ---------------------------------------------------------
   void PrepareContext(grpc::ClientContext* ctx) const {
-    ctx->set_deadline(absl::ToChronoTime(absl::Now() + options.agent_call_timeout));
-    if (!options.node_key.empty()) ctx->AddMetadata(kNodeKeyHeader, options.node_key);
+    ctx->set_deadline(
+        absl::ToChronoTime(absl::Now() + options.agent_call_timeout));
+    if (!options.node_key.empty())
+      ctx->AddMetadata(kNodeKeyHeader, options.node_key);
   }
 
   struct StartCall {
@@ -867,7 +898,8 @@ struct ControllerServer::Impl {
     for (auto& c : calls) {
       Call* call = c.get();
       if (!call->stub) {
-        call->status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "no agent stub");
+        call->status =
+            grpc::Status(grpc::StatusCode::UNAVAILABLE, "no agent stub");
         done.DecrementCount();
         continue;
       }
@@ -894,7 +926,8 @@ struct ControllerServer::Impl {
         absl::MutexLock l(&mu);
         for (const auto& id : ids) {
           auto it = sandboxes.find(id);
-          if (it == sandboxes.end() || it->second.sb.state() != v1::SANDBOX_STATE_STARTING ||
+          if (it == sandboxes.end() ||
+              it->second.sb.state() != v1::SANDBOX_STATE_STARTING ||
               !it->second.node) {
             continue;
           }
@@ -909,7 +942,8 @@ struct ControllerServer::Impl {
         }
       }
       RunParallel(calls, [](StartCall* c, auto cb) {
-        c->stub->async()->StartSandbox(&c->ctx, &c->req, &c->resp, std::move(cb));
+        c->stub->async()->StartSandbox(&c->ctx, &c->req, &c->resp,
+                                       std::move(cb));
       });
       ids.clear();
       absl::MutexLock l(&mu);
@@ -918,7 +952,8 @@ struct ControllerServer::Impl {
         auto it = sandboxes.find(c->id);
         if (it == sandboxes.end()) continue;
         SbxRec& r = it->second;
-        if (r.sb.state() != v1::SANDBOX_STATE_STARTING) continue;  // deleted meanwhile
+        if (r.sb.state() != v1::SANDBOX_STATE_STARTING)
+          continue;  // deleted meanwhile
         if (c->status.ok()) {
           Transition(r, v1::SANDBOX_STATE_RUNNING, "started", &batch);
           running.push_back(c->id);
@@ -932,10 +967,11 @@ struct ControllerServer::Impl {
                      code == grpc::StatusCode::DEADLINE_EXCEEDED;
         std::string why = absl::StrCat("node ", r.sb.node_id(), ": ",
                                        c->status.error_message());
-        DSEC_LOG_INFO("controller: start {} refused ({}); attempt {}", c->id, why, n);
+        DSEC_LOG_INFO("controller: start {} refused ({}); attempt {}", c->id,
+                      why, n);
         if (!retry || n >= options.max_start_attempts || args.only_node) {
-          Transition(r, v1::SANDBOX_STATE_FAILED, absl::StrCat("start failed: ", why),
-                     &batch);
+          Transition(r, v1::SANDBOX_STATE_FAILED,
+                     absl::StrCat("start failed: ", why), &batch);
           continue;
         }
         // Re-place elsewhere.
@@ -947,8 +983,9 @@ struct ControllerServer::Impl {
         PlacementRequest req;
         req.cpu_millicores = lim.cpu_millicores();
         req.memory_bytes = lim.memory_bytes();
-        std::map<std::string, std::string> selector(r.sb.spec().node_selector().begin(),
-                                                    r.sb.spec().node_selector().end());
+        std::map<std::string, std::string> selector(
+            r.sb.spec().node_selector().begin(),
+            r.sb.spec().node_selector().end());
         req.node_selector = selector.empty() ? nullptr : &selector;
         req.image = r.sb.spec().image();
         req.exclude = excluded[c->id];
@@ -980,8 +1017,9 @@ struct ControllerServer::Impl {
   }
 
   // Sends StopSandboxes per node, in parallel.
-  void StopOnAgents(const absl::flat_hash_map<std::string, std::vector<std::string>>& by_node,
-                    const std::string& reason) {
+  void StopOnAgents(
+      const absl::flat_hash_map<std::string, std::vector<std::string>>& by_node,
+      const std::string& reason) {
     std::vector<std::unique_ptr<StopCall>> calls;
     {
       absl::MutexLock l(&mu);
@@ -996,18 +1034,21 @@ struct ControllerServer::Impl {
       }
     }
     RunParallel(calls, [](StopCall* c, auto cb) {
-      c->stub->async()->StopSandboxes(&c->ctx, &c->req, &c->resp, std::move(cb));
+      c->stub->async()->StopSandboxes(&c->ctx, &c->req, &c->resp,
+                                      std::move(cb));
     });
     for (auto& c : calls) {
       if (!c->status.ok()) {
-        DSEC_LOG_WARN("controller: StopSandboxes failed: {} (heartbeat will retry)",
-                      c->status.error_message());
+        DSEC_LOG_WARN(
+            "controller: StopSandboxes failed: {} (heartbeat will retry)",
+            c->status.error_message());
       }
     }
   }
 
   // Terminates sandboxes: TERMINATING, stop on agents, TERMINATED.
-  void Terminate(const std::vector<std::string>& ids, const std::string& reason) {
+  void Terminate(const std::vector<std::string>& ids,
+                 const std::string& reason) {
     absl::flat_hash_map<std::string, std::vector<std::string>> by_node;
     {
       absl::MutexLock l(&mu);
@@ -1015,7 +1056,8 @@ struct ControllerServer::Impl {
       for (const auto& id : ids) {
         auto it = sandboxes.find(id);
         if (it == sandboxes.end() || !IsLive(it->second.sb.state())) continue;
-        if (!it->second.sb.node_id().empty()) by_node[it->second.sb.node_id()].push_back(id);
+        if (!it->second.sb.node_id().empty())
+          by_node[it->second.sb.node_id()].push_back(id);
         Transition(it->second, v1::SANDBOX_STATE_TERMINATING, reason, &batch);
       }
       Persist(std::move(batch));
@@ -1025,7 +1067,9 @@ struct ControllerServer::Impl {
     Store::Batch batch;
     for (const auto& id : ids) {
       auto it = sandboxes.find(id);
-      if (it == sandboxes.end() || it->second.sb.state() != v1::SANDBOX_STATE_TERMINATING) continue;
+      if (it == sandboxes.end() ||
+          it->second.sb.state() != v1::SANDBOX_STATE_TERMINATING)
+        continue;
       Transition(it->second, v1::SANDBOX_STATE_TERMINATED, reason, &batch);
     }
     Persist(std::move(batch));
@@ -1055,11 +1099,13 @@ struct ControllerServer::Impl {
           }
           while (!idem.at(key).done && !stopping) cv.Wait(&mu);
           const IdemRec& rec = idem.at(key);
-          if (!rec.done) return absl::UnavailableError("controller shutting down");
+          if (!rec.done)
+            return absl::UnavailableError("controller shutting down");
           RETURN_IF_ERROR(rec.status);
           return FillResult(rec.ids, rec.group_id, rec.shortfall, out);
         }
-        idem[key] = IdemRec{args.fingerprint, false, absl::OkStatus(), {}, "", {}, absl::Now()};
+        idem[key] = IdemRec{
+            args.fingerprint, false, absl::OkStatus(), {}, "", {}, absl::Now()};
         idem_order.emplace_back(absl::Now(), key);
       }
     }
@@ -1082,7 +1128,8 @@ struct ControllerServer::Impl {
         std::string why;
         for (const auto& id : ids) {
           auto it = sandboxes.find(id);
-          if (it != sandboxes.end() && it->second.sb.state() == v1::SANDBOX_STATE_FAILED) {
+          if (it != sandboxes.end() &&
+              it->second.sb.state() == v1::SANDBOX_STATE_FAILED) {
             why = it->second.sb.state_reason();
             break;
           }
@@ -1098,7 +1145,8 @@ struct ControllerServer::Impl {
         if (sf.reason() == v1::CapacityShortfall::REASON_UNSPECIFIED) {
           sf.set_reason(v1::CapacityShortfall::REASON_CAPACITY);
         }
-        sf.set_sandboxes_short(args.count - static_cast<int32_t>(running.size()));
+        sf.set_sandboxes_short(args.count -
+                               static_cast<int32_t>(running.size()));
       }
     }
     if (!has_sf) sf.Clear();
@@ -1119,7 +1167,8 @@ struct ControllerServer::Impl {
     return FillResult(running, group_id, sf, out);
   }
 
-  absl::Status FillResult(const std::vector<std::string>& ids, const std::string& group_id,
+  absl::Status FillResult(const std::vector<std::string>& ids,
+                          const std::string& group_id,
                           const v1::CapacityShortfall& sf, CreateResult* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     out->group_id = group_id;
@@ -1135,20 +1184,22 @@ struct ControllerServer::Impl {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<CreateArgs> BuildArgs(const Caller& c, v1::SandboxSpec spec, int32_t count,
-                                       int32_t min_count, const v1::PlacementPolicy& pl,
-                                       const std::string& request_id, bool has_qt,
-                                       const google::protobuf::Duration& qt,
-                                       const grpc::ServerContext* ctx,
-                                       const std::string& fingerprint_extra) {
+  absl::StatusOr<CreateArgs> BuildArgs(
+      const Caller& c, v1::SandboxSpec spec, int32_t count, int32_t min_count,
+      const v1::PlacementPolicy& pl, const std::string& request_id, bool has_qt,
+      const google::protobuf::Duration& qt, const grpc::ServerContext* ctx,
+      const std::string& fingerprint_extra) {
     if (count < 1 || count > kMaxBatch) {
-      return absl::InvalidArgumentError(absl::StrCat("count must be 1..", kMaxBatch));
+      return absl::InvalidArgumentError(
+          absl::StrCat("count must be 1..", kMaxBatch));
     }
     if (min_count < 0 || min_count > count) {
       return absl::InvalidArgumentError("min_count must be 0..count");
     }
-    if (pl.max_per_node() < 0) return absl::InvalidArgumentError("max_per_node < 0");
-    if (request_id.size() > 128) return absl::InvalidArgumentError("request_id > 128 bytes");
+    if (pl.max_per_node() < 0)
+      return absl::InvalidArgumentError("max_per_node < 0");
+    if (request_id.size() > 128)
+      return absl::InvalidArgumentError("request_id > 128 bytes");
     {
       absl::MutexLock l(&mu);
       ASSIGN_OR_RETURN(std::string job, ResolveJob(c, spec.job_id()));
@@ -1159,27 +1210,33 @@ struct ControllerServer::Impl {
     a.spec = std::move(spec);
     a.count = count;
     a.min_count = min_count == 0 ? count : min_count;
-    a.spread = pl.spread() == v1::GROUP_SPREAD_PACK ? Spread::kPack : Spread::kSpread;
+    a.spread =
+        pl.spread() == v1::GROUP_SPREAD_PACK ? Spread::kPack : Spread::kSpread;
     a.max_per_node = pl.max_per_node();
     a.request_id = request_id;
     std::string spec_bytes;
     a.spec.SerializeToString(&spec_bytes);
-    a.fingerprint = absl::StrCat(spec_bytes, "|", count, "|", a.min_count, "|",
-                                 pl.SerializeAsString(), "|", fingerprint_extra);
+    a.fingerprint =
+        absl::StrCat(spec_bytes, "|", count, "|", a.min_count, "|",
+                     pl.SerializeAsString(), "|", fingerprint_extra);
     a.queue_deadline = QueueDeadline(has_qt, qt, ctx);
     return a;
   }
 
   // ---- nodes ---------------------------------------------------------------
   void MakeStubs(NodeRec& n) {
-    auto channel = grpc::CreateChannel(n.node.endpoint(), grpc::InsecureChannelCredentials());
+    auto channel = grpc::CreateChannel(n.node.endpoint(),
+                                       grpc::InsecureChannelCredentials());
     n.agent = v1::NodeAgent::NewStub(channel);
     n.runtime = v1::SandboxRuntime::NewStub(channel);
   }
 
-  NodeRec& UpsertNodeLocked(const v1::Node& node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    std::map<std::string, std::string> labels(node.labels().begin(), node.labels().end());
-    std::vector<std::string> images(node.cached_images().begin(), node.cached_images().end());
+  NodeRec& UpsertNodeLocked(const v1::Node& node)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::map<std::string, std::string> labels(node.labels().begin(),
+                                              node.labels().end());
+    std::vector<std::string> images(node.cached_images().begin(),
+                                    node.cached_images().end());
     NodeIndex idx = placer.UpsertNode(
         node.node_id(),
         {node.capacity().cpu_millicores(), node.capacity().memory_bytes(),
@@ -1196,9 +1253,10 @@ struct ControllerServer::Impl {
   }
 
   // Applies an agent's full list of sandboxes. Returns ids it must destroy.
-  std::vector<std::string> ApplyReport(NodeRec& n,
-                                       const google::protobuf::RepeatedPtrField<v1::NodeSandboxReport>& reps,
-                                       bool full) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  std::vector<std::string> ApplyReport(
+      NodeRec& n,
+      const google::protobuf::RepeatedPtrField<v1::NodeSandboxReport>& reps,
+      bool full) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     std::vector<std::string> destroy;
     absl::flat_hash_set<std::string> seen;
     Store::Batch batch;
@@ -1207,7 +1265,8 @@ struct ControllerServer::Impl {
       auto it = sandboxes.find(rep.sandbox_id());
       if (it == sandboxes.end() || !IsLive(it->second.sb.state()) ||
           it->second.sb.node_id() != n.node.node_id()) {
-        if (IsLive(rep.state()) || rep.state() == v1::SANDBOX_STATE_UNSPECIFIED) {
+        if (IsLive(rep.state()) ||
+            rep.state() == v1::SANDBOX_STATE_UNSPECIFIED) {
           destroy.push_back(rep.sandbox_id());
         }
         continue;
@@ -1222,8 +1281,10 @@ struct ControllerServer::Impl {
                   r.sb.state() == v1::SANDBOX_STATE_PARKED)) {
         Transition(r, rep.state(), "reported by agent", &batch);
       } else if (IsTerminal(rep.state())) {
-        Transition(r, rep.state() == v1::SANDBOX_STATE_FAILED ? v1::SANDBOX_STATE_FAILED
-                                                              : v1::SANDBOX_STATE_TERMINATED,
+        Transition(r,
+                   rep.state() == v1::SANDBOX_STATE_FAILED
+                       ? v1::SANDBOX_STATE_FAILED
+                       : v1::SANDBOX_STATE_TERMINATED,
                    "ended on the agent", &batch);
       }
     }
@@ -1243,7 +1304,8 @@ struct ControllerServer::Impl {
       }
       for (const auto& id : missing) {
         Transition(sandboxes.at(id), v1::SANDBOX_STATE_LOST,
-                   absl::StrCat("missing from node ", n.node.node_id(), " full report"),
+                   absl::StrCat("missing from node ", n.node.node_id(),
+                                " full report"),
                    &batch);
       }
     }
@@ -1252,7 +1314,8 @@ struct ControllerServer::Impl {
   }
 
   void MarkDead(NodeRec& n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    DSEC_LOG_WARN("controller: node {} missed heartbeats: DEAD", n.node.node_id());
+    DSEC_LOG_WARN("controller: node {} missed heartbeats: DEAD",
+                  n.node.node_id());
     n.dead = true;
     SetNodeState(n);
     Store::Batch batch;
@@ -1279,10 +1342,13 @@ struct ControllerServer::Impl {
         if (stopping) return;
         absl::Time now = absl::Now();
         for (auto& [id, n] : nodes) {
-          if (!n.dead && now - n.last_heartbeat > options.heartbeat_timeout) MarkDead(n);
+          if (!n.dead && now - n.last_heartbeat > options.heartbeat_timeout)
+            MarkDead(n);
         }
         for (auto& [id, j] : jobs) {
-          if (j.job.state() != v1::JOB_STATE_ACTIVE || !j.job.has_lease_expire_time()) continue;
+          if (j.job.state() != v1::JOB_STATE_ACTIVE ||
+              !j.job.has_lease_expire_time())
+            continue;
           if (FromProto(j.job.lease_expire_time()) > now) continue;
           j.job.set_state(v1::JOB_STATE_LEASE_EXPIRED);
           DSEC_LOG_INFO("controller: job {} lease expired", id);
@@ -1292,7 +1358,8 @@ struct ControllerServer::Impl {
           std::vector<std::string> ids;
           for (const auto& [t, sid] : j.sandboxes) {
             auto it = sandboxes.find(sid);
-            if (it != sandboxes.end() && IsLive(it->second.sb.state())) ids.push_back(sid);
+            if (it != sandboxes.end() && IsLive(it->second.sb.state()))
+              ids.push_back(sid);
           }
           lapsed.emplace_back(id, std::move(ids));
           cv.SignalAll();  // queued creates fail
@@ -1317,13 +1384,15 @@ struct ControllerServer::Impl {
       auto jit = jobs.find(it->second.sb.job_id());
       if (jit != jobs.end()) {
         jit->second.sandboxes.erase(
-            {TimeUtil::TimestampToNanoseconds(it->second.sb.create_time()), id});
+            {TimeUtil::TimestampToNanoseconds(it->second.sb.create_time()),
+             id});
       }
       state_counts[it->second.sb.state()]--;
       sandboxes.erase(it);
       batch.DeleteSandbox(id);
     }
-    while (!idem_order.empty() && now - idem_order.front().first > absl::Hours(1)) {
+    while (!idem_order.empty() &&
+           now - idem_order.front().first > absl::Hours(1)) {
       auto it = idem.find(idem_order.front().second);
       if (it != idem.end() && it->second.done) idem.erase(it);
       idem_order.pop_front();
@@ -1349,7 +1418,8 @@ struct ControllerServer::Impl {
       j.clear_api_key();
       j.clear_usage();
       rec.job = std::move(j);
-      if (rec.job.state() != v1::JOB_STATE_DELETING) job_by_key[rec.key_hash] = rec.job.id();
+      if (rec.job.state() != v1::JOB_STATE_DELETING)
+        job_by_key[rec.key_hash] = rec.job.id();
       jobs[rec.job.id()] = std::move(rec);
     }
     for (auto& n : st.nodes) {
@@ -1368,8 +1438,8 @@ struct ControllerServer::Impl {
       state_counts[r.sb.state()]++;
       auto jit = jobs.find(r.sb.job_id());
       if (jit != jobs.end()) {
-        jit->second.sandboxes.emplace(TimeUtil::TimestampToNanoseconds(r.sb.create_time()),
-                                      r.sb.id());
+        jit->second.sandboxes.emplace(
+            TimeUtil::TimestampToNanoseconds(r.sb.create_time()), r.sb.id());
       }
       if (IsLive(r.sb.state())) {
         auto nit = nodes.find(r.sb.node_id());
@@ -1387,15 +1457,18 @@ struct ControllerServer::Impl {
       sandboxes.emplace(std::move(id), std::move(r));
     }
     std::sort(terminal_order.begin(), terminal_order.end());
-    for (int s = 0; s < 10; ++s) PublishStateGauge(static_cast<v1::SandboxState>(s));
-    DSEC_LOG_INFO("controller: recovered {} jobs, {} nodes, {} sandboxes, {} snapshots",
-                  jobs.size(), nodes.size(), sandboxes.size(), snapshots.size());
+    for (int s = 0; s < 10; ++s)
+      PublishStateGauge(static_cast<v1::SandboxState>(s));
+    DSEC_LOG_INFO(
+        "controller: recovered {} jobs, {} nodes, {} sandboxes, {} snapshots",
+        jobs.size(), nodes.size(), sandboxes.size(), snapshots.size());
     return absl::OkStatus();
   }
 
   // Asks every known agent for its sandboxes once after recovery.
   void ReconcileWithAgents() {
-    std::vector<std::pair<std::string, std::shared_ptr<v1::NodeAgent::Stub>>> targets;
+    std::vector<std::pair<std::string, std::shared_ptr<v1::NodeAgent::Stub>>>
+        targets;
     {
       absl::MutexLock l(&mu);
       for (auto& [id, n] : nodes) targets.emplace_back(id, n.agent);
@@ -1406,7 +1479,8 @@ struct ControllerServer::Impl {
       PrepareContext(&ctx);
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
       v1::ListNodeSandboxesResponse resp;
-      grpc::Status s = stub->ListNodeSandboxes(&ctx, v1::ListNodeSandboxesRequest(), &resp);
+      grpc::Status s =
+          stub->ListNodeSandboxes(&ctx, v1::ListNodeSandboxesRequest(), &resp);
       if (!s.ok()) continue;  // heartbeats will reconcile
       std::vector<std::string> destroy;
       {
@@ -1430,7 +1504,9 @@ struct ControllerServer::Impl {
       stopping = true;
       cv.SignalAll();
     }
-    if (server) server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    if (server)
+      server->Shutdown(std::chrono::system_clock::now() +
+                       std::chrono::seconds(2));
     if (monitor.joinable()) monitor.join();
     if (reconciler.joinable()) reconciler.join();
     if (server) server->Wait();
@@ -1444,15 +1520,15 @@ using Impl = ControllerServer::Impl;
 
 grpc::Status Fail(const absl::Status& s) { return ToGrpcStatus(s); }
 
-#define DSEC_RPC_ASSIGN(lhs, rexpr)                      \
-  auto DSEC_STATUS_CONCAT_(rpc_so_, __LINE__) = (rexpr); \
-  if (!DSEC_STATUS_CONCAT_(rpc_so_, __LINE__).ok())      \
+#define DSEC_RPC_ASSIGN(lhs, rexpr)                               \
+  auto DSEC_STATUS_CONCAT_(rpc_so_, __LINE__) = (rexpr);          \
+  if (!DSEC_STATUS_CONCAT_(rpc_so_, __LINE__).ok())               \
     return Fail(DSEC_STATUS_CONCAT_(rpc_so_, __LINE__).status()); \
   lhs = std::move(DSEC_STATUS_CONCAT_(rpc_so_, __LINE__)).value()
 
-#define DSEC_RPC_CHECK(expr)              \
-  do {                                    \
-    absl::Status rpc_st_ = (expr);        \
+#define DSEC_RPC_CHECK(expr)                 \
+  do {                                       \
+    absl::Status rpc_st_ = (expr);           \
     if (!rpc_st_.ok()) return Fail(rpc_st_); \
   } while (false)
 
@@ -1460,29 +1536,33 @@ class SandboxesService final : public v1::Sandboxes::Service {
  public:
   explicit SandboxesService(Impl* impl) : impl_(impl) {}
 
-  grpc::Status CreateSandbox(grpc::ServerContext* ctx, const v1::CreateSandboxRequest* req,
+  grpc::Status CreateSandbox(grpc::ServerContext* ctx,
+                             const v1::CreateSandboxRequest* req,
                              v1::CreateSandboxResponse* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
-    DSEC_RPC_ASSIGN(auto args, impl_->BuildArgs(c, req->spec(), 1, 1, v1::PlacementPolicy(),
-                                                req->request_id(), req->has_queue_timeout(),
-                                                req->queue_timeout(), ctx, "single"));
+    DSEC_RPC_ASSIGN(
+        auto args, impl_->BuildArgs(c, req->spec(), 1, 1, v1::PlacementPolicy(),
+                                    req->request_id(), req->has_queue_timeout(),
+                                    req->queue_timeout(), ctx, "single"));
     Impl::CreateResult out;
     absl::Status s = impl_->Create(args, &out);
     if (!s.ok()) return FailCreate(ctx, s, out);
-    if (out.handles.empty()) return Fail(absl::UnavailableError("sandbox vanished"));
+    if (out.handles.empty())
+      return Fail(absl::UnavailableError("sandbox vanished"));
     *resp->mutable_handle() = out.handles[0];
     *resp->mutable_sandbox() = out.sandboxes[0];
     return grpc::Status::OK;
   }
 
-  grpc::Status CreateSandboxes(grpc::ServerContext* ctx, const v1::CreateSandboxesRequest* req,
+  grpc::Status CreateSandboxes(grpc::ServerContext* ctx,
+                               const v1::CreateSandboxesRequest* req,
                                v1::CreateSandboxesResponse* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
-    DSEC_RPC_ASSIGN(auto args,
-                    impl_->BuildArgs(c, req->spec(), req->count(), req->min_count(),
-                                     req->placement(), req->request_id(),
-                                     req->has_queue_timeout(), req->queue_timeout(), ctx,
-                                     "batch"));
+    DSEC_RPC_ASSIGN(
+        auto args, impl_->BuildArgs(c, req->spec(), req->count(),
+                                    req->min_count(), req->placement(),
+                                    req->request_id(), req->has_queue_timeout(),
+                                    req->queue_timeout(), ctx, "batch"));
     Impl::CreateResult out;
     absl::Status s = impl_->Create(args, &out);
     if (!s.ok()) return FailCreate(ctx, s, out);
@@ -1492,7 +1572,8 @@ class SandboxesService final : public v1::Sandboxes::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetSandbox(grpc::ServerContext* ctx, const v1::GetSandboxRequest* req,
+  grpc::Status GetSandbox(grpc::ServerContext* ctx,
+                          const v1::GetSandboxRequest* req,
                           v1::Sandbox* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
     absl::MutexLock l(&impl_->mu);
@@ -1501,16 +1582,20 @@ class SandboxesService final : public v1::Sandboxes::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListSandboxes(grpc::ServerContext* ctx, const v1::ListSandboxesRequest* req,
+  grpc::Status ListSandboxes(grpc::ServerContext* ctx,
+                             const v1::ListSandboxesRequest* req,
                              v1::ListSandboxesResponse* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
-    if (req->page_size() < 0) return Fail(absl::InvalidArgumentError("page_size < 0"));
-    int32_t page = req->page_size() == 0 ? 100 : std::min(req->page_size(), 1000);
+    if (req->page_size() < 0)
+      return Fail(absl::InvalidArgumentError("page_size < 0"));
+    int32_t page =
+        req->page_size() == 0 ? 100 : std::min(req->page_size(), 1000);
     // Token: "<rv>:<create ns>:<id>" of the last item returned.
     int64_t token_rv = 0, cursor_ns = INT64_MAX;
     std::string cursor_id;
     if (!req->page_token().empty()) {
-      std::vector<std::string> parts = absl::StrSplit(req->page_token(), absl::MaxSplits(':', 2));
+      std::vector<std::string> parts =
+          absl::StrSplit(req->page_token(), absl::MaxSplits(':', 2));
       if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &token_rv) ||
           !absl::SimpleAtoi(parts[1], &cursor_ns)) {
         return Fail(absl::InvalidArgumentError("bad page_token"));
@@ -1535,7 +1620,8 @@ class SandboxesService final : public v1::Sandboxes::Service {
         const auto& r = impl_->sandboxes.at(it->second);
         if (Matches(*req, r.sb)) {
           all.push_back(*it);
-          if (sets.size() == 1 && static_cast<int32_t>(all.size()) > page) break;
+          if (sets.size() == 1 && static_cast<int32_t>(all.size()) > page)
+            break;
         }
       }
     }
@@ -1546,13 +1632,15 @@ class SandboxesService final : public v1::Sandboxes::Service {
     }
     if (static_cast<int32_t>(all.size()) > page) {
       const auto& last = all[page - 1];
-      resp->set_next_page_token(absl::StrCat(list_rv, ":", last.first, ":", last.second));
+      resp->set_next_page_token(
+          absl::StrCat(list_rv, ":", last.first, ":", last.second));
     }
     resp->set_resource_version(list_rv);
     return grpc::Status::OK;
   }
 
-  grpc::Status DeleteSandboxes(grpc::ServerContext* ctx, const v1::DeleteSandboxesRequest* req,
+  grpc::Status DeleteSandboxes(grpc::ServerContext* ctx,
+                               const v1::DeleteSandboxesRequest* req,
                                v1::DeleteSandboxesResponse* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
     if (req->sandbox_ids_size() > kMaxDeleteIds) {
@@ -1566,7 +1654,8 @@ class SandboxesService final : public v1::Sandboxes::Service {
         if (!r.ok() || !IsLive((*r)->sb.state())) {
           if (r.ok() && (*r)->sb.state() == v1::SANDBOX_STATE_TERMINATING) {
             resp->add_deleted_ids(id);
-          } else if (r.ok() && (*r)->sb.state() == v1::SANDBOX_STATE_TERMINATED) {
+          } else if (r.ok() &&
+                     (*r)->sb.state() == v1::SANDBOX_STATE_TERMINATED) {
             resp->add_deleted_ids(id);
           } else {
             resp->add_not_found_ids(id);
@@ -1577,11 +1666,13 @@ class SandboxesService final : public v1::Sandboxes::Service {
         resp->add_deleted_ids(id);
       }
     }
-    impl_->Terminate(ids, req->reason().empty() ? "deleted by client" : req->reason());
+    impl_->Terminate(
+        ids, req->reason().empty() ? "deleted by client" : req->reason());
     return grpc::Status::OK;
   }
 
-  grpc::Status RenewToken(grpc::ServerContext* ctx, const v1::RenewTokenRequest* req,
+  grpc::Status RenewToken(grpc::ServerContext* ctx,
+                          const v1::RenewTokenRequest* req,
                           v1::SandboxHandle* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
     absl::MutexLock l(&impl_->mu);
@@ -1594,8 +1685,9 @@ class SandboxesService final : public v1::Sandboxes::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status WatchSandboxes(grpc::ServerContext* ctx, const v1::WatchSandboxesRequest* req,
-                              grpc::ServerWriter<v1::SandboxEvent>* writer) override {
+  grpc::Status WatchSandboxes(
+      grpc::ServerContext* ctx, const v1::WatchSandboxesRequest* req,
+      grpc::ServerWriter<v1::SandboxEvent>* writer) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
     std::string job;  // empty: every job (admin)
     int64_t cursor;
@@ -1607,13 +1699,16 @@ class SandboxesService final : public v1::Sandboxes::Service {
       if (req->resource_version() < 0) {
         return Fail(absl::InvalidArgumentError("resource_version < 0"));
       }
-      cursor = req->resource_version() == 0 ? impl_->rv : req->resource_version();
-      int64_t oldest = impl_->history.empty() ? impl_->rv + 1
-                                              : impl_->history.front().resource_version();
+      cursor =
+          req->resource_version() == 0 ? impl_->rv : req->resource_version();
+      int64_t oldest = impl_->history.empty()
+                           ? impl_->rv + 1
+                           : impl_->history.front().resource_version();
       if (cursor < impl_->rv && cursor + 1 < oldest) {
-        return Fail(absl::OutOfRangeError(absl::StrCat(
-            "resource_version ", cursor, " is older than the retained history (oldest ",
-            oldest, "); ListSandboxes again")));
+        return Fail(absl::OutOfRangeError(
+            absl::StrCat("resource_version ", cursor,
+                         " is older than the retained history (oldest ", oldest,
+                         "); ListSandboxes again")));
       }
       if (cursor > impl_->rv) cursor = impl_->rv;
     }
@@ -1624,10 +1719,12 @@ class SandboxesService final : public v1::Sandboxes::Service {
         absl::Time until = absl::Now() + impl_->options.watch_bookmark_interval;
         while (!impl_->stopping && impl_->rv <= cursor && !ctx->IsCancelled() &&
                absl::Now() < until) {
-          impl_->cv.WaitWithDeadline(&impl_->mu,
-                                     std::min(until, absl::Now() + absl::Milliseconds(200)));
+          impl_->cv.WaitWithDeadline(
+              &impl_->mu,
+              std::min(until, absl::Now() + absl::Milliseconds(200)));
         }
-        if (impl_->stopping) return Fail(absl::UnavailableError("controller shutting down"));
+        if (impl_->stopping)
+          return Fail(absl::UnavailableError("controller shutting down"));
         if (impl_->rv <= cursor) {
           v1::SandboxEvent bm;
           bm.set_type(v1::SandboxEvent::TYPE_BOOKMARK);
@@ -1636,7 +1733,8 @@ class SandboxesService final : public v1::Sandboxes::Service {
         } else {
           const auto& h = impl_->history;
           if (h.empty() || h.front().resource_version() > cursor + 1) {
-            return Fail(absl::OutOfRangeError("watch fell behind the retained history"));
+            return Fail(absl::OutOfRangeError(
+                "watch fell behind the retained history"));
           }
           auto it = std::upper_bound(h.begin(), h.end(), cursor,
                                      [](int64_t v, const v1::SandboxEvent& e) {
@@ -1646,8 +1744,10 @@ class SandboxesService final : public v1::Sandboxes::Service {
             cursor = it->resource_version();
             const v1::Sandbox& sb = it->sandbox();
             if (!job.empty() && sb.job_id() != job) continue;
-            if (!req->group_id().empty() && sb.group_id() != req->group_id()) continue;
-            if (!LabelsMatch(sb.spec().labels(), req->label_selector())) continue;
+            if (!req->group_id().empty() && sb.group_id() != req->group_id())
+              continue;
+            if (!LabelsMatch(sb.spec().labels(), req->label_selector()))
+              continue;
             out.push_back(*it);
           }
         }
@@ -1659,14 +1759,16 @@ class SandboxesService final : public v1::Sandboxes::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status SnapshotSandbox(grpc::ServerContext* ctx, const v1::SnapshotSandboxRequest* req,
+  grpc::Status SnapshotSandbox(grpc::ServerContext* ctx,
+                               const v1::SnapshotSandboxRequest* req,
                                v1::Snapshot* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
     DSEC_RPC_ASSIGN(*resp, TakeSnapshot(c, req->sandbox_id()));
     return grpc::Status::OK;
   }
 
-  grpc::Status ForkSandbox(grpc::ServerContext* ctx, const v1::ForkSandboxRequest* req,
+  grpc::Status ForkSandbox(grpc::ServerContext* ctx,
+                           const v1::ForkSandboxRequest* req,
                            v1::ForkSandboxResponse* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
     v1::Snapshot snap;
@@ -1675,12 +1777,14 @@ class SandboxesService final : public v1::Sandboxes::Service {
     } else if (req->source_case() == v1::ForkSandboxRequest::kSnapshotId) {
       absl::MutexLock l(&impl_->mu);
       auto it = impl_->snapshots.find(req->snapshot_id());
-      if (it == impl_->snapshots.end() || (!c.admin && it->second.job_id() != c.job_id)) {
+      if (it == impl_->snapshots.end() ||
+          (!c.admin && it->second.job_id() != c.job_id)) {
         return Fail(absl::NotFoundError("snapshot not found"));
       }
       snap = it->second;
     } else {
-      return Fail(absl::InvalidArgumentError("sandbox_id or snapshot_id required"));
+      return Fail(
+          absl::InvalidArgumentError("sandbox_id or snapshot_id required"));
     }
     v1::SandboxSpec spec;
     std::string node_id;
@@ -1688,7 +1792,8 @@ class SandboxesService final : public v1::Sandboxes::Service {
       absl::MutexLock l(&impl_->mu);
       auto it = impl_->sandboxes.find(snap.sandbox_id());
       if (it == impl_->sandboxes.end()) {
-        return Fail(absl::NotFoundError("the snapshot's source sandbox record is gone"));
+        return Fail(absl::NotFoundError(
+            "the snapshot's source sandbox record is gone"));
       }
       spec = it->second.sb.spec();
       node_id = it->second.sb.node_id();
@@ -1699,8 +1804,9 @@ class SandboxesService final : public v1::Sandboxes::Service {
     for (const auto& [k, v] : req->labels()) (*spec.mutable_labels())[k] = v;
     spec.set_job_id(snap.job_id());
     DSEC_RPC_ASSIGN(auto args,
-                    impl_->BuildArgs(c, spec, req->count(), req->min_count(), req->placement(),
-                                     req->request_id(), req->has_queue_timeout(),
+                    impl_->BuildArgs(c, spec, req->count(), req->min_count(),
+                                     req->placement(), req->request_id(),
+                                     req->has_queue_timeout(),
                                      req->queue_timeout(), ctx, snap.id()));
     // Layers are node-local until dsec-fs: children go to the snapshot's node.
     args.only_node = node_id;
@@ -1715,12 +1821,14 @@ class SandboxesService final : public v1::Sandboxes::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status DeleteSnapshot(grpc::ServerContext* ctx, const v1::DeleteSnapshotRequest* req,
+  grpc::Status DeleteSnapshot(grpc::ServerContext* ctx,
+                              const v1::DeleteSnapshotRequest* req,
                               v1::DeleteSnapshotResponse*) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
     absl::MutexLock l(&impl_->mu);
     auto it = impl_->snapshots.find(req->snapshot_id());
-    if (it == impl_->snapshots.end() || (!c.admin && it->second.job_id() != c.job_id)) {
+    if (it == impl_->snapshots.end() ||
+        (!c.admin && it->second.job_id() != c.job_id)) {
       return Fail(absl::NotFoundError("snapshot not found"));
     }
     impl_->snapshots.erase(it);
@@ -1734,21 +1842,26 @@ class SandboxesService final : public v1::Sandboxes::Service {
   grpc::Status FailCreate(grpc::ServerContext* ctx, const absl::Status& s,
                           const Impl::CreateResult& out) {
     if (s.code() == absl::StatusCode::kResourceExhausted && out.has_shortfall) {
-      ctx->AddTrailingMetadata(kShortfallTrailer, out.shortfall.SerializeAsString());
+      ctx->AddTrailingMetadata(kShortfallTrailer,
+                               out.shortfall.SerializeAsString());
     }
     return Fail(s);
   }
 
-  static bool Matches(const v1::ListSandboxesRequest& req, const v1::Sandbox& sb) {
-    if (!req.group_id().empty() && sb.group_id() != req.group_id()) return false;
+  static bool Matches(const v1::ListSandboxesRequest& req,
+                      const v1::Sandbox& sb) {
+    if (!req.group_id().empty() && sb.group_id() != req.group_id())
+      return false;
     if (req.states_size() > 0 &&
-        std::find(req.states().begin(), req.states().end(), sb.state()) == req.states().end()) {
+        std::find(req.states().begin(), req.states().end(), sb.state()) ==
+            req.states().end()) {
       return false;
     }
     return LabelsMatch(sb.spec().labels(), req.label_selector());
   }
 
-  absl::StatusOr<v1::Snapshot> TakeSnapshot(const Caller& c, const std::string& sandbox_id) {
+  absl::StatusOr<v1::Snapshot> TakeSnapshot(const Caller& c,
+                                            const std::string& sandbox_id) {
     std::shared_ptr<v1::SandboxRuntime::Stub> stub;
     v1::SnapshotRequest areq;
     std::string job_id;
@@ -1757,11 +1870,13 @@ class SandboxesService final : public v1::Sandboxes::Service {
       ASSIGN_OR_RETURN(auto* r, impl_->FindSandbox(c, sandbox_id));
       if (r->sb.state() != v1::SANDBOX_STATE_RUNNING &&
           r->sb.state() != v1::SANDBOX_STATE_PARKED) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "sandbox is ", v1::SandboxState_Name(r->sb.state()), ", not RUNNING or PARKED"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("sandbox is ", v1::SandboxState_Name(r->sb.state()),
+                         ", not RUNNING or PARKED"));
       }
       auto nit = impl_->nodes.find(r->sb.node_id());
-      if (nit == impl_->nodes.end()) return absl::UnavailableError("owning node unknown");
+      if (nit == impl_->nodes.end())
+        return absl::UnavailableError("owning node unknown");
       stub = nit->second.runtime;
       ASSIGN_OR_RETURN(auto h, impl_->MakeHandle(r->sb));
       areq.set_sandbox_id(sandbox_id);
@@ -1774,13 +1889,15 @@ class SandboxesService final : public v1::Sandboxes::Service {
     grpc::Status gs = stub->Snapshot(&actx, areq, &aresp);
     if (!gs.ok()) {
       absl::Status s = FromGrpcStatus(gs);
-      return absl::Status(s.code(), absl::StrCat("agent snapshot: ", s.message()));
+      return absl::Status(s.code(),
+                          absl::StrCat("agent snapshot: ", s.message()));
     }
     v1::Snapshot snap = aresp.snapshot();
     if (snap.id().empty()) snap.set_id(NewId("snap-"));
     snap.set_sandbox_id(sandbox_id);
     snap.set_job_id(job_id);
-    if (!snap.has_create_time()) *snap.mutable_create_time() = ToProto(absl::Now());
+    if (!snap.has_create_time())
+      *snap.mutable_create_time() = ToProto(absl::Now());
     absl::MutexLock l(&impl_->mu);
     impl_->snapshots[snap.id()] = snap;
     Store::Batch b;
@@ -1796,12 +1913,15 @@ class JobsService final : public v1::Jobs::Service {
  public:
   explicit JobsService(Impl* impl) : impl_(impl) {}
 
-  grpc::Status CreateJob(grpc::ServerContext* ctx, const v1::CreateJobRequest* req,
+  grpc::Status CreateJob(grpc::ServerContext* ctx,
+                         const v1::CreateJobRequest* req,
                          v1::Job* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
-    if (!c.admin) return Fail(absl::PermissionDeniedError("CreateJob needs the admin key"));
+    if (!c.admin)
+      return Fail(absl::PermissionDeniedError("CreateJob needs the admin key"));
     if (!ValidJobName(req->name())) {
-      return Fail(absl::InvalidArgumentError("name must be 1..63 bytes of [a-z0-9-]"));
+      return Fail(
+          absl::InvalidArgumentError("name must be 1..63 bytes of [a-z0-9-]"));
     }
     DSEC_RPC_CHECK(ValidateQuota(req->quota()));
     if (req->weight() < 0 || req->weight() > 1000) {
@@ -1809,14 +1929,16 @@ class JobsService final : public v1::Jobs::Service {
     }
     absl::Duration lease = FromProto(req->lease_ttl());
     if (lease != absl::ZeroDuration() && lease < impl_->options.min_lease_ttl) {
-      return Fail(absl::InvalidArgumentError(absl::StrCat(
-          "lease_ttl below ", absl::FormatDuration(impl_->options.min_lease_ttl))));
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("lease_ttl below ",
+                       absl::FormatDuration(impl_->options.min_lease_ttl))));
     }
     std::string key = RandomHex(24);
     absl::MutexLock l(&impl_->mu);
     for (const auto& [id, j] : impl_->jobs) {
       if (j.job.name() == req->name()) {
-        return Fail(absl::AlreadyExistsError(absl::StrCat("job ", req->name(), " exists")));
+        return Fail(absl::AlreadyExistsError(
+            absl::StrCat("job ", req->name(), " exists")));
       }
     }
     Impl::JobRec rec;
@@ -1829,7 +1951,8 @@ class JobsService final : public v1::Jobs::Service {
     j.set_priority(req->priority());
     *j.mutable_lease_ttl() = req->lease_ttl();
     absl::Time now = absl::Now();
-    if (lease > absl::ZeroDuration()) *j.mutable_lease_expire_time() = ToProto(now + lease);
+    if (lease > absl::ZeroDuration())
+      *j.mutable_lease_expire_time() = ToProto(now + lease);
     j.set_state(v1::JOB_STATE_ACTIVE);
     *j.mutable_create_time() = ToProto(now);
     j.mutable_usage();
@@ -1852,30 +1975,39 @@ class JobsService final : public v1::Jobs::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req,
+  grpc::Status ListJobs(grpc::ServerContext* ctx,
+                        const v1::ListJobsRequest* req,
                         v1::ListJobsResponse* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
-    if (!c.admin) return Fail(absl::PermissionDeniedError("ListJobs needs the admin key"));
-    if (req->page_size() < 0) return Fail(absl::InvalidArgumentError("page_size < 0"));
-    int32_t page = req->page_size() == 0 ? 100 : std::min(req->page_size(), 1000);
+    if (!c.admin)
+      return Fail(absl::PermissionDeniedError("ListJobs needs the admin key"));
+    if (req->page_size() < 0)
+      return Fail(absl::InvalidArgumentError("page_size < 0"));
+    int32_t page =
+        req->page_size() == 0 ? 100 : std::min(req->page_size(), 1000);
     absl::MutexLock l(&impl_->mu);
     std::vector<const v1::Job*> all;
     for (const auto& [id, j] : impl_->jobs) {
       if (j.job.name() > req->page_token()) all.push_back(&j.job);
     }
-    std::sort(all.begin(), all.end(),
-              [](const v1::Job* a, const v1::Job* b) { return a->name() < b->name(); });
+    std::sort(all.begin(), all.end(), [](const v1::Job* a, const v1::Job* b) {
+      return a->name() < b->name();
+    });
     for (int32_t i = 0; i < static_cast<int32_t>(all.size()) && i < page; ++i) {
       *resp->add_jobs() = *all[i];
     }
-    if (static_cast<int32_t>(all.size()) > page) resp->set_next_page_token(all[page - 1]->name());
+    if (static_cast<int32_t>(all.size()) > page)
+      resp->set_next_page_token(all[page - 1]->name());
     return grpc::Status::OK;
   }
 
-  grpc::Status UpdateJobQuota(grpc::ServerContext* ctx, const v1::UpdateJobQuotaRequest* req,
+  grpc::Status UpdateJobQuota(grpc::ServerContext* ctx,
+                              const v1::UpdateJobQuotaRequest* req,
                               v1::Job* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
-    if (!c.admin) return Fail(absl::PermissionDeniedError("UpdateJobQuota needs the admin key"));
+    if (!c.admin)
+      return Fail(
+          absl::PermissionDeniedError("UpdateJobQuota needs the admin key"));
     if (req->has_quota()) DSEC_RPC_CHECK(ValidateQuota(req->quota()));
     if (req->has_weight() && (req->weight() < 0 || req->weight() > 1000)) {
       return Fail(absl::InvalidArgumentError("weight must be 0..1000"));
@@ -1884,7 +2016,8 @@ class JobsService final : public v1::Jobs::Service {
     DSEC_RPC_ASSIGN(std::string id, impl_->ResolveJob(c, req->job_id()));
     auto& j = impl_->jobs.at(id);
     if (req->has_quota()) *j.job.mutable_quota() = req->quota();
-    if (req->has_weight()) j.job.set_weight(req->weight() == 0 ? 1 : req->weight());
+    if (req->has_weight())
+      j.job.set_weight(req->weight() == 0 ? 1 : req->weight());
     if (req->has_priority()) j.job.set_priority(req->priority());
     if (req->has_lease_ttl()) *j.job.mutable_lease_ttl() = req->lease_ttl();
     Store::Batch b;
@@ -1895,7 +2028,8 @@ class JobsService final : public v1::Jobs::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status RenewLease(grpc::ServerContext* ctx, const v1::RenewLeaseRequest* req,
+  grpc::Status RenewLease(grpc::ServerContext* ctx,
+                          const v1::RenewLeaseRequest* req,
                           v1::RenewLeaseResponse* resp) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
     absl::MutexLock l(&impl_->mu);
@@ -1916,10 +2050,12 @@ class JobsService final : public v1::Jobs::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status DeleteJob(grpc::ServerContext* ctx, const v1::DeleteJobRequest* req,
+  grpc::Status DeleteJob(grpc::ServerContext* ctx,
+                         const v1::DeleteJobRequest* req,
                          v1::DeleteJobResponse*) override {
     DSEC_RPC_ASSIGN(Caller c, impl_->Authenticate(ctx));
-    if (!c.admin) return Fail(absl::PermissionDeniedError("DeleteJob needs the admin key"));
+    if (!c.admin)
+      return Fail(absl::PermissionDeniedError("DeleteJob needs the admin key"));
     std::vector<std::string> ids;
     std::string id;
     {
@@ -1967,8 +2103,8 @@ class JobsService final : public v1::Jobs::Service {
 
  private:
   static absl::Status ValidateQuota(const v1::JobQuota& q) {
-    if (q.max_sandboxes() < 0 || q.cpu_millicores() < 0 || q.memory_bytes() < 0 ||
-        q.snapshot_bytes() < 0) {
+    if (q.max_sandboxes() < 0 || q.cpu_millicores() < 0 ||
+        q.memory_bytes() < 0 || q.snapshot_bytes() < 0) {
       return absl::InvalidArgumentError("negative quota");
     }
     return absl::OkStatus();
@@ -1980,14 +2116,17 @@ class NodeRegistryService final : public v1::NodeRegistry::Service {
  public:
   explicit NodeRegistryService(Impl* impl) : impl_(impl) {}
 
-  grpc::Status RegisterNode(grpc::ServerContext* ctx, const v1::RegisterNodeRequest* req,
+  grpc::Status RegisterNode(grpc::ServerContext* ctx,
+                            const v1::RegisterNodeRequest* req,
                             v1::RegisterNodeResponse* resp) override {
     DSEC_RPC_CHECK(impl_->AuthenticateNode(ctx));
     if (req->node_id().empty() || req->endpoint().empty()) {
-      return Fail(absl::InvalidArgumentError("node_id and endpoint are required"));
+      return Fail(
+          absl::InvalidArgumentError("node_id and endpoint are required"));
     }
     const auto& cap = req->capacity();
-    if (cap.cpu_millicores() < 0 || cap.memory_bytes() < 0 || cap.max_sandboxes() < 0) {
+    if (cap.cpu_millicores() < 0 || cap.memory_bytes() < 0 ||
+        cap.max_sandboxes() < 0) {
       return Fail(absl::InvalidArgumentError("negative capacity"));
     }
     absl::MutexLock l(&impl_->mu);
@@ -2010,15 +2149,19 @@ class NodeRegistryService final : public v1::NodeRegistry::Service {
     Store::Batch b;
     b.PutNode(n.node);
     impl_->Persist(std::move(b));
-    DSEC_LOG_INFO("controller: node {} registered at {}", req->node_id(), req->endpoint());
+    DSEC_LOG_INFO("controller: node {} registered at {}", req->node_id(),
+                  req->endpoint());
     impl_->PumpQueue();
     impl_->cv.SignalAll();
-    *resp->mutable_heartbeat_interval() = ToProtoDuration(impl_->options.heartbeat_interval);
-    *resp->mutable_heartbeat_timeout() = ToProtoDuration(impl_->options.heartbeat_timeout);
+    *resp->mutable_heartbeat_interval() =
+        ToProtoDuration(impl_->options.heartbeat_interval);
+    *resp->mutable_heartbeat_timeout() =
+        ToProtoDuration(impl_->options.heartbeat_timeout);
     return grpc::Status::OK;
   }
 
-  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
+  grpc::Status Heartbeat(grpc::ServerContext* ctx,
+                         const v1::HeartbeatRequest* req,
                          v1::HeartbeatResponse* resp) override {
     DSEC_RPC_CHECK(impl_->AuthenticateNode(ctx));
     Metrics::Get().heartbeats->Inc();
@@ -2043,7 +2186,8 @@ class NodeRegistryService final : public v1::NodeRegistry::Service {
       impl_->Persist(std::move(b));
       impl_->PumpQueue();
     }
-    for (auto& id : impl_->ApplyReport(n, req->sandboxes(), req->full_report())) {
+    for (auto& id :
+         impl_->ApplyReport(n, req->sandboxes(), req->full_report())) {
       resp->add_destroy_sandbox_ids(id);
     }
     resp->set_cordoned(n.cordoned || n.draining);
@@ -2065,18 +2209,21 @@ class AdminService final : public v1::Admin::Service {
     absl::MutexLock l(&impl_->mu);
     std::vector<const v1::Node*> all;
     for (const auto& [id, n] : impl_->nodes) all.push_back(&n.node);
-    std::sort(all.begin(), all.end(),
-              [](const v1::Node* a, const v1::Node* b) { return a->node_id() < b->node_id(); });
+    std::sort(all.begin(), all.end(), [](const v1::Node* a, const v1::Node* b) {
+      return a->node_id() < b->node_id();
+    });
     for (const auto* n : all) *resp->add_nodes() = *n;
     return grpc::Status::OK;
   }
 
-  grpc::Status CordonNode(grpc::ServerContext* ctx, const v1::CordonNodeRequest* req,
+  grpc::Status CordonNode(grpc::ServerContext* ctx,
+                          const v1::CordonNodeRequest* req,
                           v1::Node* resp) override {
     DSEC_RPC_CHECK(impl_->AuthenticateAdmin(ctx));
     absl::MutexLock l(&impl_->mu);
     auto it = impl_->nodes.find(req->node_id());
-    if (it == impl_->nodes.end()) return Fail(absl::NotFoundError("node not found"));
+    if (it == impl_->nodes.end())
+      return Fail(absl::NotFoundError("node not found"));
     it->second.cordoned = req->cordon();
     if (!req->cordon()) it->second.draining = false;
     impl_->SetNodeState(it->second);
@@ -2088,14 +2235,16 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status DrainNode(grpc::ServerContext* ctx, const v1::DrainNodeRequest* req,
+  grpc::Status DrainNode(grpc::ServerContext* ctx,
+                         const v1::DrainNodeRequest* req,
                          v1::Node* resp) override {
     DSEC_RPC_CHECK(impl_->AuthenticateAdmin(ctx));
     std::vector<std::string> ids;
     {
       absl::MutexLock l(&impl_->mu);
       auto it = impl_->nodes.find(req->node_id());
-      if (it == impl_->nodes.end()) return Fail(absl::NotFoundError("node not found"));
+      if (it == impl_->nodes.end())
+        return Fail(absl::NotFoundError("node not found"));
       it->second.cordoned = true;
       it->second.draining = true;
       impl_->SetNodeState(it->second);
@@ -2110,15 +2259,22 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetClusterStats(grpc::ServerContext* ctx, const v1::GetClusterStatsRequest*,
+  grpc::Status GetClusterStats(grpc::ServerContext* ctx,
+                               const v1::GetClusterStatsRequest*,
                                v1::ClusterStats* resp) override {
     DSEC_RPC_CHECK(impl_->AuthenticateAdmin(ctx));
     absl::MutexLock l(&impl_->mu);
     for (const auto& [id, n] : impl_->nodes) {
       switch (n.node.state()) {
-        case v1::NODE_STATE_READY: resp->set_nodes_ready(resp->nodes_ready() + 1); break;
-        case v1::NODE_STATE_DEAD: resp->set_nodes_dead(resp->nodes_dead() + 1); break;
-        default: resp->set_nodes_cordoned(resp->nodes_cordoned() + 1); break;
+        case v1::NODE_STATE_READY:
+          resp->set_nodes_ready(resp->nodes_ready() + 1);
+          break;
+        case v1::NODE_STATE_DEAD:
+          resp->set_nodes_dead(resp->nodes_dead() + 1);
+          break;
+        default:
+          resp->set_nodes_cordoned(resp->nodes_cordoned() + 1);
+          break;
       }
     }
     for (int s = 1; s < 10; ++s) {
@@ -2139,13 +2295,16 @@ class AdminService final : public v1::Admin::Service {
 
 }  // namespace
 
-ControllerServer::ControllerServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ControllerServer::ControllerServer(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
 
 ControllerServer::~ControllerServer() { Shutdown(); }
 
 int ControllerServer::port() const { return impl_->bound_port; }
 
-int ControllerServer::metrics_port() const { return impl_->http ? impl_->http->port() : -1; }
+int ControllerServer::metrics_port() const {
+  return impl_->http ? impl_->http->port() : -1;
+}
 
 void ControllerServer::Shutdown() { impl_->ShutdownImpl(); }
 
@@ -2154,7 +2313,8 @@ absl::StatusOr<std::unique_ptr<ControllerServer>> ControllerServer::Create(
   if (options.heartbeat_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("heartbeat_timeout must be positive");
   }
-  ASSIGN_OR_RETURN(TokenSigner signer, TokenSigner::Create(options.token_secret));
+  ASSIGN_OR_RETURN(TokenSigner signer,
+                   TokenSigner::Create(options.token_secret));
   auto impl = std::make_unique<Impl>(options, std::move(signer));
   ASSIGN_OR_RETURN(impl->store, Store::Open(options.data_dir));
   RETURN_IF_ERROR(impl->Recover());
@@ -2164,7 +2324,8 @@ absl::StatusOr<std::unique_ptr<ControllerServer>> ControllerServer::Create(
   impl->services.push_back(std::make_unique<NodeRegistryService>(impl.get()));
   impl->services.push_back(std::make_unique<AdminService>(impl.get()));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(options.listen_address,
+                           grpc::InsecureServerCredentials(),
                            &impl->bound_port);
   for (auto& s : impl->services) builder.RegisterService(s.get());
   impl->server = builder.BuildAndStart();
@@ -2173,7 +2334,8 @@ absl::StatusOr<std::unique_ptr<ControllerServer>> ControllerServer::Create(
         absl::StrCat("controller: cannot listen on ", options.listen_address));
   }
   if (options.metrics_port >= 0) {
-    std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
+    std::string host =
+        options.listen_address.substr(0, options.listen_address.rfind(':'));
     if (host.empty() || host == "[::]") host = "0.0.0.0";
     auto http = metrics::HttpServer::Start(host, options.metrics_port,
                                            &metrics::Registry::Default());
@@ -2187,7 +2349,8 @@ absl::StatusOr<std::unique_ptr<ControllerServer>> ControllerServer::Create(
   impl->monitor = std::thread([raw] { raw->MonitorLoop(); });
   impl->reconciler = std::thread([raw] { raw->ReconcileWithAgents(); });
   DSEC_LOG_INFO("controller: serving on port {}", impl->bound_port);
-  return std::unique_ptr<ControllerServer>(new ControllerServer(std::move(impl)));
+  return std::unique_ptr<ControllerServer>(
+      new ControllerServer(std::move(impl)));
 }
 
 }  // namespace dsec::controller

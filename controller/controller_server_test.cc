@@ -38,7 +38,8 @@ class FakeAgent final : public v1::NodeAgent::Service,
  public:
   FakeAgent() {
     grpc::ServerBuilder b;
-    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                       &port_);
     b.RegisterService(static_cast<v1::NodeAgent::Service*>(this));
     b.RegisterService(static_cast<v1::SandboxRuntime::Service*>(this));
     server_ = b.BuildAndStart();
@@ -47,7 +48,8 @@ class FakeAgent final : public v1::NodeAgent::Service,
 
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
 
-  grpc::Status StartSandbox(grpc::ServerContext* ctx, const v1::StartSandboxRequest* req,
+  grpc::Status StartSandbox(grpc::ServerContext* ctx,
+                            const v1::StartSandboxRequest* req,
                             v1::StartSandboxResponse* resp) override {
     absl::MutexLock l(&mu_);
     start_calls_++;
@@ -55,12 +57,14 @@ class FakeAgent final : public v1::NodeAgent::Service,
     if (key == ctx->client_metadata().end() || key->second != kNodeKey) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "node key");
     }
-    if (refuse_) return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "node full");
+    if (refuse_)
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "node full");
     running_[req->sandbox_id()] = req->job_id();
     resp->set_state(v1::SANDBOX_STATE_RUNNING);
     return grpc::Status::OK;
   }
-  grpc::Status StopSandboxes(grpc::ServerContext*, const v1::StopSandboxesRequest* req,
+  grpc::Status StopSandboxes(grpc::ServerContext*,
+                             const v1::StopSandboxesRequest* req,
                              v1::StopSandboxesResponse* resp) override {
     absl::MutexLock l(&mu_);
     for (const auto& id : req->sandbox_ids()) {
@@ -73,7 +77,8 @@ class FakeAgent final : public v1::NodeAgent::Service,
     }
     return grpc::Status::OK;
   }
-  grpc::Status ListNodeSandboxes(grpc::ServerContext*, const v1::ListNodeSandboxesRequest*,
+  grpc::Status ListNodeSandboxes(grpc::ServerContext*,
+                                 const v1::ListNodeSandboxesRequest*,
                                  v1::ListNodeSandboxesResponse* resp) override {
     absl::MutexLock l(&mu_);
     for (const auto& [id, job] : running_) {
@@ -145,27 +150,30 @@ class ControllerTest : public ::testing::Test {
     auto c = ControllerServer::Create(o);
     ASSERT_THAT(c, IsOk());
     controller_ = std::move(*c);
-    auto ch = grpc::CreateChannel("127.0.0.1:" + std::to_string(controller_->port()),
-                                  grpc::InsecureChannelCredentials());
+    auto ch =
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(controller_->port()),
+                            grpc::InsecureChannelCredentials());
     sandboxes_ = v1::Sandboxes::NewStub(ch);
     jobs_ = v1::Jobs::NewStub(ch);
     registry_ = v1::NodeRegistry::NewStub(ch);
     admin_ = v1::Admin::NewStub(ch);
   }
 
-  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& key,
-                                           absl::Duration deadline = absl::Seconds(30)) {
+  std::unique_ptr<grpc::ClientContext> Ctx(
+      const std::string& key, absl::Duration deadline = absl::Seconds(30)) {
     auto ctx = std::make_unique<grpc::ClientContext>();
     if (!key.empty()) ctx->AddMetadata("authorization", "Bearer " + key);
-    if (key == kNodeKey) ctx = std::make_unique<grpc::ClientContext>(),
-                         ctx->AddMetadata("x-dsec-node-key", kNodeKey);
+    if (key == kNodeKey)
+      ctx = std::make_unique<grpc::ClientContext>(),
+      ctx->AddMetadata("x-dsec-node-key", kNodeKey);
     ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
     return ctx;
   }
 
   // Creates a job; returns {id, key}.
-  std::pair<std::string, std::string> MakeJob(const std::string& name, int64_t max_sandboxes = 0,
-                                              absl::Duration lease = absl::ZeroDuration()) {
+  std::pair<std::string, std::string> MakeJob(
+      const std::string& name, int64_t max_sandboxes = 0,
+      absl::Duration lease = absl::ZeroDuration()) {
     v1::CreateJobRequest req;
     req.set_name(name);
     req.mutable_quota()->set_max_sandboxes(max_sandboxes);
@@ -194,10 +202,10 @@ class ControllerTest : public ::testing::Test {
     return agents_[id].get();
   }
 
-  absl::StatusOr<v1::CreateSandboxesResponse> CreateBatch(const std::string& key, int count,
-                                                          int min_count = 0,
-                                                          absl::Duration qt = absl::ZeroDuration(),
-                                                          grpc::ClientContext* ctx_out = nullptr) {
+  absl::StatusOr<v1::CreateSandboxesResponse> CreateBatch(
+      const std::string& key, int count, int min_count = 0,
+      absl::Duration qt = absl::ZeroDuration(),
+      grpc::ClientContext* ctx_out = nullptr) {
     v1::CreateSandboxesRequest req;
     req.set_count(count);
     req.set_min_count(min_count);
@@ -207,12 +215,14 @@ class ControllerTest : public ::testing::Test {
     (*req.mutable_spec()->mutable_labels())["task"] = "t1";
     v1::CreateSandboxesResponse resp;
     auto ctx = Ctx(key);
-    grpc::Status s = sandboxes_->CreateSandboxes(ctx_out ? ctx_out : ctx.get(), req, &resp);
+    grpc::Status s =
+        sandboxes_->CreateSandboxes(ctx_out ? ctx_out : ctx.get(), req, &resp);
     if (!s.ok()) return FromGrpcStatus(s);
     return resp;
   }
 
-  absl::StatusOr<v1::Sandbox> Get(const std::string& key, const std::string& id) {
+  absl::StatusOr<v1::Sandbox> Get(const std::string& key,
+                                  const std::string& id) {
     v1::GetSandboxRequest req;
     req.set_sandbox_id(id);
     v1::Sandbox sb;
@@ -222,7 +232,8 @@ class ControllerTest : public ::testing::Test {
     return sb;
   }
 
-  absl::Status Delete(const std::string& key, const std::vector<std::string>& ids) {
+  absl::Status Delete(const std::string& key,
+                      const std::vector<std::string>& ids) {
     v1::DeleteSandboxesRequest req;
     for (const auto& id : ids) req.add_sandbox_ids(id);
     v1::DeleteSandboxesResponse resp;
@@ -265,7 +276,8 @@ TEST_F(ControllerTest, BatchOf64SpreadsOverThreeNodesWithValidTokens) {
   }
   ASSERT_OK_AND_ASSIGN(auto signer, TokenSigner::Create(kSecret));
   for (const auto& h : resp.handles()) {
-    ASSERT_OK_AND_ASSIGN(auto claims, signer.VerifyFor(h.token(), h.sandbox_id()));
+    ASSERT_OK_AND_ASSIGN(auto claims,
+                         signer.VerifyFor(h.token(), h.sandbox_id()));
     EXPECT_EQ(claims.job_id, job);
     EXPECT_EQ(h.agent_endpoint(), agents_[h.node_id()]->endpoint());
   }
@@ -292,11 +304,13 @@ TEST_F(ControllerTest, QuotaExceededIsResourceExhaustedWithMessage) {
   StartController();
   auto [job, key] = MakeJob("small", /*max_sandboxes=*/2);
   AddNode("n1");
-  EXPECT_THAT(CreateBatch(key, 3), StatusIs(absl::StatusCode::kResourceExhausted,
-                                            HasSubstr("quota")));
+  EXPECT_THAT(
+      CreateBatch(key, 3),
+      StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("quota")));
   ASSERT_THAT(CreateBatch(key, 2), IsOk());
-  EXPECT_THAT(CreateBatch(key, 1), StatusIs(absl::StatusCode::kResourceExhausted,
-                                            HasSubstr("max_sandboxes")));
+  EXPECT_THAT(CreateBatch(key, 1),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("max_sandboxes")));
 }
 
 TEST_F(ControllerTest, QueuedCreateSucceedsWhenCapacityFrees) {
@@ -309,7 +323,9 @@ TEST_F(ControllerTest, QueuedCreateSucceedsWhenCapacityFrees) {
   absl::SleepFor(absl::Milliseconds(300));
   v1::ClusterStats stats;
   auto ctx = Ctx(kAdminKey);
-  ASSERT_TRUE(admin_->GetClusterStats(ctx.get(), v1::GetClusterStatsRequest(), &stats).ok());
+  ASSERT_TRUE(
+      admin_->GetClusterStats(ctx.get(), v1::GetClusterStatsRequest(), &stats)
+          .ok());
   EXPECT_EQ(stats.queued_requests(), 1);
   ASSERT_OK(Delete(key, {first.handles(0).sandbox_id()}));
   t.join();
@@ -326,12 +342,14 @@ TEST_F(ControllerTest, QueueTimeoutGivesShortfall) {
   ctx.AddMetadata("authorization", "Bearer " + key);
   absl::Time start = absl::Now();
   auto r = CreateBatch(key, 2, 0, absl::Milliseconds(300), &ctx);
-  EXPECT_THAT(r, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("capacity")));
+  EXPECT_THAT(
+      r, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("capacity")));
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(250));
   auto trailer = ctx.GetServerTrailingMetadata().find("dsec-shortfall-bin");
   ASSERT_NE(trailer, ctx.GetServerTrailingMetadata().end());
   v1::CapacityShortfall sf;
-  ASSERT_TRUE(sf.ParseFromString(std::string(trailer->second.data(), trailer->second.size())));
+  ASSERT_TRUE(sf.ParseFromString(
+      std::string(trailer->second.data(), trailer->second.size())));
   EXPECT_EQ(sf.reason(), v1::CapacityShortfall::REASON_CAPACITY);
   EXPECT_EQ(sf.requested_count(), 2);
   EXPECT_EQ(sf.sandboxes_short(), 2);
@@ -361,7 +379,8 @@ TEST_F(ControllerTest, LeaseLapseDeletesSandboxesAndBlocksCreates) {
   EXPECT_EQ(sb.state_reason(), "job lease expired");
   EXPECT_TRUE(a->stopped(id));
   EXPECT_EQ(a->running_count(), 0u);
-  EXPECT_THAT(CreateBatch(key, 1), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(CreateBatch(key, 1),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
   v1::RenewLeaseRequest req;
   req.set_job_id(job);
   v1::RenewLeaseResponse rr;
@@ -475,7 +494,8 @@ TEST_F(ControllerTest, AuthErrors) {
   auto [job1, key1] = MakeJob("one");
   auto [job2, key2] = MakeJob("two");
   AddNode("n1");
-  EXPECT_THAT(CreateBatch("wrong-key", 1), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(CreateBatch("wrong-key", 1),
+              StatusIs(absl::StatusCode::kUnauthenticated));
   EXPECT_THAT(CreateBatch("", 1), StatusIs(absl::StatusCode::kUnauthenticated));
   ASSERT_OK_AND_ASSIGN(auto resp, CreateBatch(key1, 1));
   std::string id = resp.handles(0).sandbox_id();
@@ -508,8 +528,10 @@ TEST_F(ControllerTest, MalformedRequestsAreInvalidArgument) {
   StartController();
   auto [job, key] = MakeJob("bad");
   AddNode("n1");
-  EXPECT_THAT(CreateBatch(key, 5000), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(CreateBatch(key, 0), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CreateBatch(key, 5000),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CreateBatch(key, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   v1::CreateSandboxRequest req;
   (*req.mutable_spec()->mutable_labels())["bad label!"] = "x";
   v1::CreateSandboxResponse resp;
@@ -565,7 +587,8 @@ TEST_F(ControllerTest, CordonAndDrain) {
   ASSERT_OK_AND_ASSIGN(auto sb, Get(key, resp.handles(0).sandbox_id()));
   EXPECT_EQ(sb.state(), v1::SANDBOX_STATE_TERMINATED);
   EXPECT_EQ(sb.state_reason(), "node drained");
-  EXPECT_THAT(CreateBatch(key, 1), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(CreateBatch(key, 1),
+              StatusIs(absl::StatusCode::kResourceExhausted));
 }
 
 TEST_F(ControllerTest, SnapshotAndForkOnTheSameNode) {

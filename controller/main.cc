@@ -11,11 +11,14 @@
 #include "controller/controller_server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "gRPC listen address");
-ABSL_FLAG(std::string, data_dir, "/var/lib/dsec/controller", "RocksDB directory");
+ABSL_FLAG(std::string, data_dir, "/var/lib/dsec/controller",
+          "RocksDB directory");
 ABSL_FLAG(std::string, secret_file, "/etc/dsec/secret",
           "cluster token secret (created if missing)");
-ABSL_FLAG(std::string, node_key_file, "", "agents' x-dsec-node-key; empty: none");
-ABSL_FLAG(std::string, admin_key_file, "", "admin API key; empty: admin open (local)");
+ABSL_FLAG(std::string, node_key_file, "",
+          "agents' x-dsec-node-key; empty: none");
+ABSL_FLAG(std::string, admin_key_file, "",
+          "admin API key; empty: admin open (local)");
 ABSL_FLAG(absl::Duration, heartbeat_timeout, absl::Seconds(5),
           "node DEAD after this long without a heartbeat");
 ABSL_FLAG(int, metrics_port, -1, "Prometheus port; -1: off");
@@ -49,7 +52,8 @@ int main(int argc, char** argv) {
   dsec::controller::ControllerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
-  auto secret = dsec::LoadOrCreateSecret(absl::GetFlag(FLAGS_secret_file), true);
+  auto secret =
+      dsec::LoadOrCreateSecret(absl::GetFlag(FLAGS_secret_file), true);
   if (!secret.ok()) {
     DSEC_LOG_ERROR("secret: {}", secret.status().ToString());
     return 2;

@@ -118,7 +118,8 @@ void Placer::Reserve(NodeIndex n, int64_t cpu, int64_t mem) {
 
 void Placer::Release(NodeIndex n, int64_t cpu, int64_t mem) {
   Node& node = nodes_[n];
-  node.used.cpu_millicores = std::max<int64_t>(0, node.used.cpu_millicores - cpu);
+  node.used.cpu_millicores =
+      std::max<int64_t>(0, node.used.cpu_millicores - cpu);
   node.used.memory_bytes = std::max<int64_t>(0, node.used.memory_bytes - mem);
   node.used.sandboxes = std::max<int64_t>(0, node.used.sandboxes - 1);
   Rebucket(n);
@@ -263,8 +264,8 @@ absl::StatusOr<NodeIndex> Placer::Place(const PlacementRequest& r) {
   if (total > 0) {
     std::uniform_int_distribution<size_t> pick(0, total - 1);
     int feasible_seen = 0;
-    for (int i = 0; i < options_.samples * 4 && feasible_seen < options_.samples;
-         ++i) {
+    for (int i = 0;
+         i < options_.samples * 4 && feasible_seen < options_.samples; ++i) {
       NodeIndex n = at(pick(rng_));
       if (Fits(n, r)) {
         ++feasible_seen;

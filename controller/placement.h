@@ -74,8 +74,8 @@ struct PlacerOptions {
 
 class Placer {
  public:
-  static constexpr int64_t kCpuUnit = 100;              // millicores
-  static constexpr int64_t kMemUnit = 64LL << 20;       // bytes
+  static constexpr int64_t kCpuUnit = 100;         // millicores
+  static constexpr int64_t kMemUnit = 64LL << 20;  // bytes
   static constexpr int kMaxScan = 512;
   static constexpr int64_t kUnlimited = int64_t{1} << 50;
 
