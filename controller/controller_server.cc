@@ -583,37 +583,26 @@ struct ControllerServer::Impl {
     const auto& q = it->second.job.quota();
     const auto& u = it->second.job.usage();
     int64_t room = want;
-    int64_t cpu = args.spec.limits().cpu_millicores();
-    int64_t mem = args.spec.limits().memory_bytes();
-    if (q.max_sandboxes() > 0) {
-      int64_t r = std::max<int64_t>(0, q.max_sandboxes() - u.sandboxes());
-      if (r < want && what) {
-        *what = absl::StrCat("job quota max_sandboxes ", q.max_sandboxes(),
-                             " (using ", u.sandboxes(), ")");
-        sf->set_sandboxes_short(static_cast<int32_t>(want - r));
+    // One quota dimension: `cap` total, `used` now, `per` per sandbox.
+    auto limit = [&](const char* name, int64_t cap, int64_t used, int64_t per,
+                     auto set_short) {
+      if (cap <= 0 || per <= 0) return;
+      int64_t r = std::max<int64_t>(0, (cap - used) / per);
+      if (r < want) {
+        *what =
+            absl::StrCat("job quota ", name, " ", cap, " (using ", used, ")");
+        set_short((want - r) * per);
       }
       room = std::min(room, r);
-    }
-    if (q.cpu_millicores() > 0 && cpu > 0) {
-      int64_t r =
-          std::max<int64_t>(0, (q.cpu_millicores() - u.cpu_millicores()) / cpu);
-      if (r < want && what) {
-        *what = absl::StrCat("job quota cpu_millicores ", q.cpu_millicores(),
-                             " (using ", u.cpu_millicores(), ")");
-        sf->set_cpu_millicores_short((want - r) * cpu);
-      }
-      room = std::min(room, r);
-    }
-    if (q.memory_bytes() > 0 && mem > 0) {
-      int64_t r =
-          std::max<int64_t>(0, (q.memory_bytes() - u.memory_bytes()) / mem);
-      if (r < want && what) {
-        *what = absl::StrCat("job quota memory_bytes ", q.memory_bytes(),
-                             " (using ", u.memory_bytes(), ")");
-        sf->set_memory_bytes_short((want - r) * mem);
-      }
-      room = std::min(room, r);
-    }
+    };
+    limit("max_sandboxes", q.max_sandboxes(), u.sandboxes(), 1,
+          [&](int64_t v) { sf->set_sandboxes_short(static_cast<int32_t>(v)); });
+    limit("cpu_millicores", q.cpu_millicores(), u.cpu_millicores(),
+          args.spec.limits().cpu_millicores(),
+          [&](int64_t v) { sf->set_cpu_millicores_short(v); });
+    limit("memory_bytes", q.memory_bytes(), u.memory_bytes(),
+          args.spec.limits().memory_bytes(),
+          [&](int64_t v) { sf->set_memory_bytes_short(v); });
     return static_cast<int32_t>(room);
   }
 
