@@ -1552,13 +1552,7 @@ class SandboxesService final : public v1::Sandboxes::Service {
                                     req->min_count(), req->placement(),
                                     req->request_id(), req->has_queue_timeout(),
                                     req->queue_timeout(), ctx, "batch"));
-    Impl::CreateResult out;
-    absl::Status s = impl_->Create(args, &out);
-    if (!s.ok()) return FailCreate(ctx, s, out);
-    for (auto& h : out.handles) *resp->add_handles() = h;
-    resp->set_group_id(out.group_id);
-    if (out.has_shortfall) *resp->mutable_shortfall() = out.shortfall;
-    return grpc::Status::OK;
+    return CreateGroup(ctx, args, resp);
   }
 
   grpc::Status GetSandbox(grpc::ServerContext* ctx,
@@ -1800,14 +1794,8 @@ class SandboxesService final : public v1::Sandboxes::Service {
     // Layers are node-local until dsec-fs: children go to the snapshot's node.
     args.only_node = node_id;
     args.parent_snapshot_id = snap.id();
-    Impl::CreateResult out;
-    absl::Status s = impl_->Create(args, &out);
-    if (!s.ok()) return FailCreate(ctx, s, out);
     *resp->mutable_snapshot() = snap;
-    for (auto& h : out.handles) *resp->add_handles() = h;
-    resp->set_group_id(out.group_id);
-    if (out.has_shortfall) *resp->mutable_shortfall() = out.shortfall;
-    return grpc::Status::OK;
+    return CreateGroup(ctx, args, resp);
   }
 
   grpc::Status DeleteSnapshot(grpc::ServerContext* ctx,
@@ -1828,6 +1816,19 @@ class SandboxesService final : public v1::Sandboxes::Service {
   }
 
  private:
+  // Runs a group create (CreateSandboxes, ForkSandbox) into `resp`.
+  template <typename Resp>
+  grpc::Status CreateGroup(grpc::ServerContext* ctx,
+                           const Impl::CreateArgs& args, Resp* resp) {
+    Impl::CreateResult out;
+    absl::Status s = impl_->Create(args, &out);
+    if (!s.ok()) return FailCreate(ctx, s, out);
+    for (auto& h : out.handles) *resp->add_handles() = h;
+    resp->set_group_id(out.group_id);
+    if (out.has_shortfall) *resp->mutable_shortfall() = out.shortfall;
+    return grpc::Status::OK;
+  }
+
   grpc::Status FailCreate(grpc::ServerContext* ctx, const absl::Status& s,
                           const Impl::CreateResult& out) {
     if (s.code() == absl::StatusCode::kResourceExhausted && out.has_shortfall) {
