@@ -1,0 +1,119 @@
+#include "controller/store.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "rocksdb/table.h"
+#include "rocksdb/write_batch.h"
+
+namespace dsec::controller {
+namespace {
+
+constexpr char kJob[] = "job/";
+constexpr char kSandbox[] = "sbx/";
+constexpr char kNode[] = "node/";
+constexpr char kSnapshot[] = "snap/";
+
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", s.ToString()));
+}
+
+template <typename Msg>
+absl::Status ParseInto(const rocksdb::Slice& key, const rocksdb::Slice& value,
+                       std::vector<Msg>* out) {
+  Msg msg;
+  if (!msg.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+    return absl::InternalError(
+        absl::StrCat("corrupt store record ", key.ToString()));
+  }
+  out->push_back(std::move(msg));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void Store::Batch::PutJob(const v1::Job& job) {
+  ops_.emplace_back(absl::StrCat(kJob, job.id()), job.SerializeAsString());
+}
+void Store::Batch::DeleteJob(const std::string& id) {
+  ops_.emplace_back(absl::StrCat(kJob, id), std::nullopt);
+}
+void Store::Batch::PutSandbox(const v1::Sandbox& sandbox) {
+  ops_.emplace_back(absl::StrCat(kSandbox, sandbox.id()),
+                    sandbox.SerializeAsString());
+}
+void Store::Batch::DeleteSandbox(const std::string& id) {
+  ops_.emplace_back(absl::StrCat(kSandbox, id), std::nullopt);
+}
+void Store::Batch::PutNode(const v1::Node& node) {
+  ops_.emplace_back(absl::StrCat(kNode, node.node_id()),
+                    node.SerializeAsString());
+}
+void Store::Batch::PutSnapshot(const v1::Snapshot& snapshot) {
+  ops_.emplace_back(absl::StrCat(kSnapshot, snapshot.id()),
+                    snapshot.SerializeAsString());
+}
+void Store::Batch::DeleteSnapshot(const std::string& id) {
+  ops_.emplace_back(absl::StrCat(kSnapshot, id), std::nullopt);
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("store: empty data_dir");
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.IncreaseParallelism(2);
+  options.compression = rocksdb::kNoCompression;
+  options.write_buffer_size = 64 << 20;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(options, dir, &db);
+  if (!s.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("store: open ", dir, ": ", s.ToString()));
+  }
+  return std::unique_ptr<Store>(new Store(db));
+}
+
+Store::Store(rocksdb::DB* db) : db_(db) {}
+
+Store::~Store() {
+  if (db_) db_->Close().PermitUncheckedError();
+}
+
+absl::Status Store::Write(Batch batch) {
+  if (batch.ops_.empty()) return absl::OkStatus();
+  rocksdb::WriteBatch wb;
+  for (auto& [key, value] : batch.ops_) {
+    rocksdb::Status s = value ? wb.Put(key, *value) : wb.Delete(key);
+    if (!s.ok()) return FromRocks(s, "store: batch");
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = false;
+  return FromRocks(db_->Write(wo, &wb), "store: write");
+}
+
+absl::StatusOr<Store::State> Store::LoadAll() const {
+  State state;
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    rocksdb::Slice key = it->key();
+    absl::Status st;
+    if (key.starts_with(kSandbox)) {
+      st = ParseInto(key, it->value(), &state.sandboxes);
+    } else if (key.starts_with(kJob)) {
+      st = ParseInto(key, it->value(), &state.jobs);
+    } else if (key.starts_with(kNode)) {
+      st = ParseInto(key, it->value(), &state.nodes);
+    } else if (key.starts_with(kSnapshot)) {
+      st = ParseInto(key, it->value(), &state.snapshots);
+    }
+    if (!st.ok()) return st;
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "store: scan");
+  return state;
+}
+
+}  // namespace dsec::controller
