@@ -316,6 +316,27 @@ TEST_F(AgentTest, ExpireTimeReapsTheSandbox) {
       [&] { return agent_->manager().ListSandboxes().sandboxes_size() == 0; }));
 }
 
+TEST_F(AgentTest, ShutdownEndsRunningExecsAndRefusesNewCalls) {
+  StartAgent();
+  ASSERT_TRUE(Start("sb1").ok());
+  ExecOutcome running;
+  std::thread t([&] { running = Exec(Shell("sb1", "sleep 120")); });
+  ASSERT_TRUE(Eventually([&] {
+    v1::ListProcessesRequest r;
+    r.set_sandbox_id("sb1");
+    r.set_token(Token("sb1"));
+    auto procs = agent_->manager().ListProcesses(r);
+    return procs.ok() && !procs->processes().empty();
+  }));
+  agent_->Shutdown();
+  t.join();  // returns: the sandbox was destroyed under it
+  if (running.status.ok()) {
+    EXPECT_NE(running.result().status(), v1::EXEC_STATUS_EXITED);
+  }
+  EXPECT_FALSE(Exec(Shell("sb1", "true")).status.ok());
+  agent_->Shutdown();  // idempotent
+}
+
 TEST_F(AgentTest, TokensAreChecked) {
   StartAgent();
   ASSERT_TRUE(Start("sb1").ok());

@@ -517,7 +517,9 @@ int SandboxManager::Reap(absl::Time now) {
           entry->state != v1::SANDBOX_STATE_PARKED) {
         continue;
       }
-      if (now >= entry->expire_time) {
+      if (entry->sb != nullptr && entry->sb->dead()) {
+        doomed.emplace_back(entry, "init_died");
+      } else if (now >= entry->expire_time) {
         doomed.emplace_back(entry, "ttl");
       } else if (entry->idle_ttl > absl::ZeroDuration() &&
                  entry->state == v1::SANDBOX_STATE_RUNNING &&
@@ -528,7 +530,7 @@ int SandboxManager::Reap(absl::Time now) {
     }
   }
   for (const auto& [entry, reason] : doomed) {
-    Destroy(entry, absl::StrCat(reason, " expired"));
+    Destroy(entry, reason);
     metrics_->reaped->Inc({reason});
   }
   return static_cast<int>(doomed.size());

@@ -117,8 +117,8 @@ class SandboxManager {
   std::vector<std::string> WarmPoolClasses() const;
   // Draining: StartSandbox answers FAILED_PRECONDITION.
   void SetDraining(bool draining);
-  // Destroys sandboxes past their ttl or idle_ttl as of `now`; returns how
-  // many. Called by the agent's reaper thread.
+  // Destroys sandboxes past their ttl or idle_ttl as of `now`, and those
+  // whose init died; returns how many. Called by the agent's reaper thread.
   int Reap(absl::Time now);
   // Refreshes the sandboxes-by-state gauge.
   void UpdateGauges() const;
