@@ -164,8 +164,9 @@ int RunDemo(const CommandContext& ctx, int count, std::ostream& out,
   if (group.handles_size() > 0) {
     dsec::v1::ExecRequest req;
     req.set_shell(
-        "echo -n 'host secrets: '; cat /etc/shadow 2>&1 | head -c 60; echo; "
-        "echo -n 'network: '; ls /sys/class/net | tr '\\n' ' '; echo; "
+        "echo -n 'host secrets: '; cat /etc/shadow 2>&1 | head -c 60; "
+        "echo -n 'network interfaces: '; awk -F: 'NR>2{printf \"%s \", $1}' "
+        "/proc/net/dev | tr -s ' '; echo; "
         "echo -n 'processes: '; ls /proc | grep -c '^[0-9]'; "
         "echo -n 'fork bomb: '; (f(){ f|f& }; f) 2>/dev/null; sleep 1; echo survived");
     req.mutable_timeout()->set_seconds(5);
