@@ -49,12 +49,13 @@ Summary Summarize(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   double sum = 0;
   for (double x : v) sum += x;
-  return {v[v.size() / 2], v[std::min(v.size() - 1, v.size() * 99 / 100)], sum / v.size()};
+  return {v[v.size() / 2], v[std::min(v.size() - 1, v.size() * 99 / 100)],
+          sum / v.size()};
 }
 
 void Print(const char* name, const Summary& s) {
-  std::printf("%-40s p50 %8.3f ms   p99 %8.3f ms   mean %8.3f ms\n", name, s.p50, s.p99,
-              s.mean);
+  std::printf("%-40s p50 %8.3f ms   p99 %8.3f ms   mean %8.3f ms\n", name,
+              s.p50, s.p99, s.mean);
 }
 
 double ForkExecWait() {
@@ -75,7 +76,8 @@ double SpawnWait() {
   char* argv[] = {const_cast<char*>("/bin/true"), nullptr};
   absl::Time start = absl::Now();
   pid_t pid;
-  if (posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ) != 0) return 0;
+  if (posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ) != 0)
+    return 0;
   int status;
   waitpid(pid, &status, 0);
   return absl::ToDoubleMilliseconds(absl::Now() - start);
@@ -114,7 +116,8 @@ dsec::v1::SandboxHandle Create(ControllerConn& conn, const std::string& job,
 void Delete(ControllerConn& conn, const std::vector<std::string>& ids) {
   for (size_t i = 0; i < ids.size(); i += 256) {
     dsec::v1::DeleteSandboxesRequest req;
-    for (size_t j = i; j < std::min(ids.size(), i + 256); ++j) req.add_sandbox_ids(ids[j]);
+    for (size_t j = i; j < std::min(ids.size(), i + 256); ++j)
+      req.add_sandbox_ids(ids[j]);
     dsec::v1::DeleteSandboxesResponse resp;
     auto c = conn.Context(absl::Seconds(120));
     CheckRpc(conn.sandboxes().DeleteSandboxes(c.get(), req, &resp), "delete");
@@ -125,7 +128,8 @@ bool ExecTrue(ControllerConn& conn, const dsec::v1::SandboxHandle& h) {
   dsec::v1::ExecRequest req;
   req.mutable_argv()->add_args("/bin/true");
   auto r = dsec::ctl::RunExec(conn, h, req, absl::Seconds(30));
-  return r.ok() && r->status() == dsec::v1::EXEC_STATUS_EXITED && r->exit_code() == 0;
+  return r.ok() && r->status() == dsec::v1::EXEC_STATUS_EXITED &&
+         r->exit_code() == 0;
 }
 
 // An agent call that is rejected before any work: one gRPC round trip.
@@ -208,7 +212,8 @@ int main(int argc, char** argv) {
   std::printf("== local mode over gRPC, %d samples each\n", n);
   Summary s_create = Summarize(create_ms);
   Print("create, warm pool (controller+agent)", s_create);
-  Summary s_exec = Summarize(exec_ms), s_bare = Summarize(bare_ms), s_rpc = Summarize(rpc_ms);
+  Summary s_exec = Summarize(exec_ms), s_bare = Summarize(bare_ms),
+          s_rpc = Summarize(rpc_ms);
   Print("exec /bin/true round trip", s_exec);
   Print("bare fork+exec+wait /bin/true", s_bare);
   Summary s_spawn = Summarize(spawn_ms);
@@ -220,7 +225,8 @@ int main(int argc, char** argv) {
   // 3. Creations per second: cold creates + deletes from 2 threads.
   std::atomic<int64_t> created{0};
   {
-    const absl::Time end = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_throughput_seconds));
+    const absl::Time end =
+        absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_throughput_seconds));
     std::vector<std::thread> threads;
     for (int t = 0; t < 2; ++t) {
       threads.emplace_back([&] {
@@ -250,7 +256,8 @@ int main(int argc, char** argv) {
       req.mutable_spec()->mutable_limits()->set_cpu_millicores(100);
       dsec::v1::CreateSandboxesResponse resp;
       auto c = conn.Context(absl::Seconds(300));
-      CheckRpc(conn.sandboxes().CreateSandboxes(c.get(), req, &resp), "create batch");
+      CheckRpc(conn.sandboxes().CreateSandboxes(c.get(), req, &resp),
+               "create batch");
       for (const auto& h : resp.handles()) handles.push_back(h);
     }
     const double create_s = absl::ToDoubleSeconds(absl::Now() - start);
@@ -273,24 +280,30 @@ int main(int argc, char** argv) {
     const double exec_s = absl::ToDoubleSeconds(absl::Now() - start);
     std::vector<double> all;
     for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-    std::printf("%d sandboxes created in %.2f s (%.0f /s, batches of 64)\n", fanout, create_s,
-                fanout / create_s);
-    std::printf("%d execs (%d each, 32 client threads) in %.2f s: %.0f execs/s, %d ok\n",
-                fanout * each, each, exec_s, fanout * each / exec_s, ok.load());
+    std::printf("%d sandboxes created in %.2f s (%.0f /s, batches of 64)\n",
+                fanout, create_s, fanout / create_s);
+    std::printf(
+        "%d execs (%d each, 32 client threads) in %.2f s: %.0f execs/s, %d "
+        "ok\n",
+        fanout * each, each, exec_s, fanout * each / exec_s, ok.load());
     Print("  exec latency under that load", Summarize(all));
     std::vector<std::string> ids;
     for (const auto& h : handles) ids.push_back(h.sandbox_id());
     start = absl::Now();
     Delete(conn, ids);
-    std::printf("deleted %d in %.2f s\n", fanout, absl::ToDoubleSeconds(absl::Now() - start));
+    std::printf("deleted %d in %.2f s\n", fanout,
+                absl::ToDoubleSeconds(absl::Now() - start));
   }
 
   std::printf("== ratios (targets from issue 4)\n");
-  std::printf("create (warm pool) p50                      = %.3f ms (target <= 5)\n",
-              s_create.p50);
-  std::printf("exec p50 / (bare launch p50 + rpc p50)    = %.2f (target <= 2; bare = the "
-              "faster of fork and posix_spawn)\n",
-              s_exec.p50 / (bare + s_rpc.p50));
+  std::printf(
+      "create (warm pool) p50                      = %.3f ms (target <= 5)\n",
+      s_create.p50);
+  std::printf(
+      "exec p50 / (bare launch p50 + rpc p50)    = %.2f (target <= 2; bare = "
+      "the "
+      "faster of fork and posix_spawn)\n",
+      s_exec.p50 / (bare + s_rpc.p50));
   cluster->Shutdown();
   return 0;
 }

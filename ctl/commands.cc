@@ -39,7 +39,8 @@ const std::set<std::string>& BoolFlags() {
   return *s;
 }
 
-absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& in, size_t from) {
+absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& in,
+                               size_t from) {
   Args a;
   for (size_t i = from; i < in.size(); ++i) {
     const std::string& s = in[i];
@@ -58,7 +59,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& in, size_t from) 
       } else if (i + 1 < in.size()) {
         value = in[++i];
       } else {
-        return absl::InvalidArgumentError(absl::StrCat("flag --", key, " needs a value"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag --", key, " needs a value"));
       }
       a.flags[key] = value;
       continue;
@@ -68,12 +70,13 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& in, size_t from) 
   return a;
 }
 
-absl::StatusOr<int64_t> IntFlag(const Args& a, const std::string& k, int64_t def) {
+absl::StatusOr<int64_t> IntFlag(const Args& a, const std::string& k,
+                                int64_t def) {
   if (!a.Has(k)) return def;
   int64_t v;
   if (!absl::SimpleAtoi(a.Get(k), &v) || v < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", k, " '", a.Get(k), "' is not a non-negative integer"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", k, " '", a.Get(k), "' is not a non-negative integer"));
   }
   return v;
 }
@@ -83,13 +86,14 @@ absl::StatusOr<absl::Duration> DurationFlag(const Args& a, const std::string& k,
   if (!a.Has(k)) return def;
   absl::Duration d;
   if (!absl::ParseDuration(a.Get(k), &d) || d < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", k, " '", a.Get(k), "' is not a duration like 30s or 10m"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", k, " '", a.Get(k), "' is not a duration like 30s or 10m"));
   }
   return d;
 }
 
-// ---- output ---------------------------------------------------------------------
+// ---- output
+// ---------------------------------------------------------------------
 
 std::string Json(const google::protobuf::Message& m) {
   std::string s;
@@ -159,7 +163,8 @@ int Usage(std::ostream& err, absl::string_view msg) {
   return 2;
 }
 
-// ---- commands ---------------------------------------------------------------------
+// ---- commands
+// ---------------------------------------------------------------------
 
 int Nodes(const CommandContext& ctx, ControllerConn& conn, const Args& a,
           std::ostream& out, std::ostream& err) {
@@ -173,22 +178,25 @@ int Nodes(const CommandContext& ctx, ControllerConn& conn, const Args& a,
       out << Json(resp) << "\n";
       return 0;
     }
-    std::vector<std::vector<std::string>> rows = {
-        {"NODE", "STATE", "ENDPOINT", "SANDBOXES", "CPU USED", "MEM USED", "HEARTBEAT"}};
+    std::vector<std::vector<std::string>> rows = {{"NODE", "STATE", "ENDPOINT",
+                                                   "SANDBOXES", "CPU USED",
+                                                   "MEM USED", "HEARTBEAT"}};
     for (const auto& n : resp.nodes()) {
-      rows.push_back({n.node_id(), NodeStateName(n.state()), n.endpoint(),
-                      absl::StrCat(n.live_sandboxes(), "/", n.capacity().max_sandboxes()),
-                      absl::StrCat(n.used_cpu_millicores(), "m/",
-                                   n.capacity().cpu_millicores(), "m"),
-                      absl::StrCat(Bytes(n.used_memory_bytes()), "/",
-                                   Bytes(n.capacity().memory_bytes())),
-                      Age(n.last_heartbeat_time())});
+      rows.push_back(
+          {n.node_id(), NodeStateName(n.state()), n.endpoint(),
+           absl::StrCat(n.live_sandboxes(), "/", n.capacity().max_sandboxes()),
+           absl::StrCat(n.used_cpu_millicores(), "m/",
+                        n.capacity().cpu_millicores(), "m"),
+           absl::StrCat(Bytes(n.used_memory_bytes()), "/",
+                        Bytes(n.capacity().memory_bytes())),
+           Age(n.last_heartbeat_time())});
     }
     PrintTable(rows, out);
     return 0;
   }
   if (verb == "cordon" || verb == "uncordon" || verb == "drain") {
-    if (a.positional.size() != 3) return Usage(err, absl::StrCat("nodes ", verb, " NODE"));
+    if (a.positional.size() != 3)
+      return Usage(err, absl::StrCat("nodes ", verb, " NODE"));
     dsec::v1::Node node;
     auto c = conn.Context();
     grpc::Status s;
@@ -202,29 +210,32 @@ int Nodes(const CommandContext& ctx, ControllerConn& conn, const Args& a,
       req.set_cordon(verb == "cordon");
       s = conn.admin().CordonNode(c.get(), req, &node);
     }
-    if (!s.ok()) return Fail(err, RpcError(s, absl::StrCat(verb, " ", a.positional[2])));
+    if (!s.ok())
+      return Fail(err, RpcError(s, absl::StrCat(verb, " ", a.positional[2])));
     if (ctx.output == Output::kJson) {
       out << Json(node) << "\n";
     } else {
-      out << "node " << node.node_id() << " is " << NodeStateName(node.state()) << "\n";
+      out << "node " << node.node_id() << " is " << NodeStateName(node.state())
+          << "\n";
     }
     return 0;
   }
   return Usage(err, absl::StrCat("unknown nodes command '", verb, "'"));
 }
 
-absl::StatusOr<std::vector<dsec::v1::Sandbox>> ListAll(ControllerConn& conn,
-                                                       const std::string& job,
-                                                       const std::string& state) {
+absl::StatusOr<std::vector<dsec::v1::Sandbox>> ListAll(
+    ControllerConn& conn, const std::string& job, const std::string& state) {
   std::vector<dsec::v1::Sandbox> all;
   dsec::v1::ListSandboxesRequest req;
   req.set_page_size(500);
   if (!job.empty()) req.set_job_id(job);
   if (!state.empty()) {
     dsec::v1::SandboxState st;
-    if (!dsec::v1::SandboxState_Parse("SANDBOX_STATE_" + absl::AsciiStrToUpper(state), &st)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown state '", state, "' (pending, starting, running, parked, lost, ...)"));
+    if (!dsec::v1::SandboxState_Parse(
+            "SANDBOX_STATE_" + absl::AsciiStrToUpper(state), &st)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown state '", state,
+                       "' (pending, starting, running, parked, lost, ...)"));
     }
     req.add_states(st);
   }
@@ -246,7 +257,8 @@ int DeleteIds(const CommandContext& ctx, ControllerConn& conn,
   int deleted = 0, missing = 0;
   for (size_t i = 0; i < ids.size(); i += 100) {
     dsec::v1::DeleteSandboxesRequest req;
-    for (size_t j = i; j < std::min(ids.size(), i + 100); ++j) req.add_sandbox_ids(ids[j]);
+    for (size_t j = i; j < std::min(ids.size(), i + 100); ++j)
+      req.add_sandbox_ids(ids[j]);
     req.set_reason("dsecctl delete");
     dsec::v1::DeleteSandboxesResponse resp;
     auto c = conn.Context();
@@ -254,7 +266,8 @@ int DeleteIds(const CommandContext& ctx, ControllerConn& conn,
     if (!s.ok()) return Fail(err, RpcError(s, "delete sandboxes"));
     deleted += resp.deleted_ids_size();
     missing += resp.not_found_ids_size();
-    for (const auto& id : resp.not_found_ids()) err << "not found: " << id << "\n";
+    for (const auto& id : resp.not_found_ids())
+      err << "not found: " << id << "\n";
     bar.Update(static_cast<int>(std::min(ids.size(), i + 100)));
   }
   out << "deleted " << deleted << " sandbox(es)";
@@ -302,7 +315,8 @@ int Sandboxes(const CommandContext& ctx, ControllerConn& conn, const Args& a,
     dsec::v1::Sandbox sb;
     auto c = conn.Context();
     grpc::Status s = conn.sandboxes().GetSandbox(c.get(), req, &sb);
-    if (!s.ok()) return Fail(err, RpcError(s, absl::StrCat("get ", a.positional[2])));
+    if (!s.ok())
+      return Fail(err, RpcError(s, absl::StrCat("get ", a.positional[2])));
     out << Json(sb) << "\n";
     return 0;
   }
@@ -312,7 +326,8 @@ int Sandboxes(const CommandContext& ctx, ControllerConn& conn, const Args& a,
       auto all = ListAll(conn, a.Get("job"), "");
       if (!all.ok()) return Fail(err, all.status());
       for (const auto& sb : *all) {
-        if (sb.state() != dsec::v1::SANDBOX_STATE_TERMINATED) ids.push_back(sb.id());
+        if (sb.state() != dsec::v1::SANDBOX_STATE_TERMINATED)
+          ids.push_back(sb.id());
       }
     }
     if (ids.empty()) return Usage(err, "sandboxes delete ID... | --job JOB");
@@ -330,12 +345,13 @@ int Sandboxes(const CommandContext& ctx, ControllerConn& conn, const Args& a,
     for (const auto& s : a.rest) req.mutable_argv()->add_args(s);
     req.mutable_timeout()->set_seconds(absl::ToInt64Seconds(*timeout));
     const bool json = ctx.output == Output::kJson;
-    auto result = RunExec(conn, *handle, req, *timeout + absl::Seconds(10),
-                          json ? std::function<void(const dsec::v1::ExecOutput&)>()
-                               : [&](const dsec::v1::ExecOutput& o) {
-                                   (o.stream() == dsec::v1::OUTPUT_STREAM_STDERR ? err : out)
-                                       << o.data() << std::flush;
-                                 });
+    auto result = RunExec(
+        conn, *handle, req, *timeout + absl::Seconds(10),
+        json ? std::function<void(const dsec::v1::ExecOutput&)>()
+             : [&](const dsec::v1::ExecOutput& o) {
+                 (o.stream() == dsec::v1::OUTPUT_STREAM_STDERR ? err : out)
+                     << o.data() << std::flush;
+               });
     if (!result.ok()) return Fail(err, result.status());
     if (json) {
       out << Json(*result) << "\n";
@@ -375,20 +391,24 @@ int Jobs(const CommandContext& ctx, ControllerConn& conn, const Args& a,
       out << Json(j) << "\n";
       return;
     }
-    PrintTable({{"JOB", "NAME", "STATE", "SANDBOXES", "MAX", "WEIGHT", "PRIORITY"},
-                {j.id(), j.name(), dsec::v1::JobState_Name(j.state()),
-                 absl::StrCat(j.usage().sandboxes()), absl::StrCat(j.quota().max_sandboxes()),
-                 absl::StrCat(j.weight()), absl::StrCat(j.priority())}},
-               out);
+    PrintTable(
+        {{"JOB", "NAME", "STATE", "SANDBOXES", "MAX", "WEIGHT", "PRIORITY"},
+         {j.id(), j.name(), dsec::v1::JobState_Name(j.state()),
+          absl::StrCat(j.usage().sandboxes()),
+          absl::StrCat(j.quota().max_sandboxes()), absl::StrCat(j.weight()),
+          absl::StrCat(j.priority())}},
+        out);
     if (!j.api_key().empty()) {
       out << "api key (shown once): " << j.api_key() << "\n";
     }
   };
   if (verb == "create") {
-    if (a.positional.size() != 3) return Usage(err, "jobs create NAME [--max_sandboxes N] ...");
+    if (a.positional.size() != 3)
+      return Usage(err, "jobs create NAME [--max_sandboxes N] ...");
     dsec::v1::CreateJobRequest req;
     req.set_name(a.positional[2]);
-    if (absl::Status s = FillQuota(a, req.mutable_quota()); !s.ok()) return Usage(err, s.message());
+    if (absl::Status s = FillQuota(a, req.mutable_quota()); !s.ok())
+      return Usage(err, s.message());
     auto w = IntFlag(a, "weight", 1);
     auto p = IntFlag(a, "priority", 0);
     auto ttl = DurationFlag(a, "lease_ttl", absl::Minutes(10));
@@ -423,7 +443,8 @@ int Jobs(const CommandContext& ctx, ControllerConn& conn, const Args& a,
       return 0;
     }
     std::vector<std::vector<std::string>> rows = {
-        {"JOB", "NAME", "STATE", "SANDBOXES", "MAX", "CPU", "MEMORY", "WEIGHT", "LEASE"}};
+        {"JOB", "NAME", "STATE", "SANDBOXES", "MAX", "CPU", "MEMORY", "WEIGHT",
+         "LEASE"}};
     for (const auto& j : all.jobs()) {
       rows.push_back({j.id(), j.name(), dsec::v1::JobState_Name(j.state()),
                       absl::StrCat(j.usage().sandboxes()),
@@ -432,16 +453,22 @@ int Jobs(const CommandContext& ctx, ControllerConn& conn, const Args& a,
                       Bytes(j.usage().memory_bytes()), absl::StrCat(j.weight()),
                       j.lease_expire_time().seconds() == 0
                           ? "-"
-                          : absl::StrCat(j.lease_expire_time().seconds() - absl::ToUnixSeconds(absl::Now()), "s left")});
+                          : absl::StrCat(j.lease_expire_time().seconds() -
+                                             absl::ToUnixSeconds(absl::Now()),
+                                         "s left")});
     }
     PrintTable(rows, out);
     return 0;
   }
   if (verb == "quota") {
-    if (a.positional.size() != 3) return Usage(err, "jobs quota JOB [--max_sandboxes N] [--cpu C] [--memory M] [--weight W] [--priority P]");
+    if (a.positional.size() != 3)
+      return Usage(err,
+                   "jobs quota JOB [--max_sandboxes N] [--cpu C] [--memory M] "
+                   "[--weight W] [--priority P]");
     dsec::v1::UpdateJobQuotaRequest req;
     req.set_job_id(a.positional[2]);
-    if (absl::Status s = FillQuota(a, req.mutable_quota()); !s.ok()) return Usage(err, s.message());
+    if (absl::Status s = FillQuota(a, req.mutable_quota()); !s.ok())
+      return Usage(err, s.message());
     if (a.Has("weight")) {
       auto w = IntFlag(a, "weight", 1);
       if (!w.ok()) return Usage(err, w.status().message());
@@ -460,7 +487,8 @@ int Jobs(const CommandContext& ctx, ControllerConn& conn, const Args& a,
     return 0;
   }
   if (verb == "renew" || verb == "delete") {
-    if (a.positional.size() != 3) return Usage(err, absl::StrCat("jobs ", verb, " JOB"));
+    if (a.positional.size() != 3)
+      return Usage(err, absl::StrCat("jobs ", verb, " JOB"));
     auto c = conn.Context();
     grpc::Status s;
     if (verb == "renew") {
@@ -475,7 +503,8 @@ int Jobs(const CommandContext& ctx, ControllerConn& conn, const Args& a,
       s = conn.jobs().DeleteJob(c.get(), req, &resp);
     }
     if (!s.ok()) return Fail(err, RpcError(s, absl::StrCat(verb, " job")));
-    out << "job " << a.positional[2] << (verb == "renew" ? ": lease renewed" : ": deleting") << "\n";
+    out << "job " << a.positional[2]
+        << (verb == "renew" ? ": lease renewed" : ": deleting") << "\n";
     return 0;
   }
   return Usage(err, absl::StrCat("unknown jobs command '", verb, "'"));
@@ -500,7 +529,8 @@ int Stats(const CommandContext& ctx, ControllerConn& conn, std::ostream& out,
   rows.push_back({"placements", absl::StrCat(st.placements_total())});
   std::map<std::string, int64_t> by_state(st.sandboxes_by_state().begin(),
                                           st.sandboxes_by_state().end());
-  for (const auto& [k, v] : by_state) rows.push_back({"sandboxes " + k, absl::StrCat(v)});
+  for (const auto& [k, v] : by_state)
+    rows.push_back({"sandboxes " + k, absl::StrCat(v)});
   PrintTable(rows, out);
   return 0;
 }
@@ -508,14 +538,17 @@ int Stats(const CommandContext& ctx, ControllerConn& conn, std::ostream& out,
 const char kHelp[] =
     "dsecctl: administer a dsec cluster\n"
     "\n"
-    "global flags: --controller HOST:PORT (default $DSEC_CONTROLLER or 127.0.0.1:7070)\n"
+    "global flags: --controller HOST:PORT (default $DSEC_CONTROLLER or "
+    "127.0.0.1:7070)\n"
     "              --api_key KEY (default $DSEC_API_KEY)   -o table|json\n"
     "\n"
     "  local up [--data_dir DIR] [--port 7070] [--demo] [--count N]\n"
     "  nodes list | cordon NODE | uncordon NODE | drain NODE\n"
-    "  sandboxes list [--job J] [--state S] | inspect ID | delete ID... | delete --job J\n"
+    "  sandboxes list [--job J] [--state S] | inspect ID | delete ID... | "
+    "delete --job J\n"
     "            exec ID [--timeout 30s] -- CMD [ARGS...]\n"
-    "  jobs create NAME [--max_sandboxes N] [--cpu 4] [--memory 8G] [--weight W]\n"
+    "  jobs create NAME [--max_sandboxes N] [--cpu 4] [--memory 8G] [--weight "
+    "W]\n"
     "                   [--priority P] [--lease_ttl 10m]\n"
     "       list | quota JOB [...] | renew JOB | delete JOB\n"
     "  stats\n"
@@ -528,13 +561,15 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows,
   std::vector<size_t> width;
   for (const auto& r : rows) {
     if (width.size() < r.size()) width.resize(r.size(), 0);
-    for (size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
+    for (size_t i = 0; i < r.size(); ++i)
+      width[i] = std::max(width[i], r[i].size());
   }
   for (const auto& r : rows) {
     std::string line;
     for (size_t i = 0; i < r.size(); ++i) {
       line += r[i];
-      if (i + 1 < r.size()) line += std::string(width[i] - r[i].size() + 2, ' ');
+      if (i + 1 < r.size())
+        line += std::string(width[i] - r[i].size() + 2, ' ');
     }
     while (!line.empty() && line.back() == ' ') line.pop_back();
     out << line << "\n";
@@ -551,15 +586,18 @@ int Run(const CommandContext& ctx, const std::vector<std::string>& args,
   if (!parsed.ok()) return Usage(err, parsed.status().message());
   ControllerConn conn(ctx.conn);
   const std::string& group = args[0];
-  if (group == "nodes" || group == "node") return Nodes(ctx, conn, *parsed, out, err);
+  if (group == "nodes" || group == "node")
+    return Nodes(ctx, conn, *parsed, out, err);
   if (group == "sandboxes" || group == "sandbox" || group == "sb") {
     return Sandboxes(ctx, conn, *parsed, out, err);
   }
-  if (group == "jobs" || group == "job") return Jobs(ctx, conn, *parsed, out, err);
+  if (group == "jobs" || group == "job")
+    return Jobs(ctx, conn, *parsed, out, err);
   if (group == "stats") return Stats(ctx, conn, out, err);
   if (group == "demo") {
     auto n = IntFlag(*parsed, "count", 8);
-    if (!n.ok() || *n < 1 || *n > 1000) return Usage(err, "--count must be 1..1000");
+    if (!n.ok() || *n < 1 || *n > 1000)
+      return Usage(err, "--count must be 1..1000");
     return RunDemo(ctx, static_cast<int>(*n), out, err);
   }
   return Usage(err, absl::StrCat("unknown command '", group, "'"));

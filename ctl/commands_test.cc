@@ -22,7 +22,8 @@ struct Result {
 Result RunCmd(std::vector<std::string> args, Output output = Output::kTable) {
   CommandContext ctx;
   // Nothing listens there: a closed loopback port.
-  ctx.conn.controller = absl::StrCat("127.0.0.1:", *dsec::testing::PickFreeLoopbackPort());
+  ctx.conn.controller =
+      absl::StrCat("127.0.0.1:", *dsec::testing::PickFreeLoopbackPort());
   ctx.conn.timeout = absl::Seconds(2);
   ctx.output = output;
   std::ostringstream out, err;

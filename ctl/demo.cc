@@ -114,8 +114,9 @@ int RunDemo(const CommandContext& ctx, int count, std::ostream& out,
         const char* candidate = kCandidates[i % 4];
         dsec::v1::ExecRequest req;
         req.set_action_id(absl::StrCat("demo-step-", i));
-        req.set_shell(absl::StrCat("mkdir -p /work && cd /work && cat > solution.py <<'EOF'\n",
-                                   candidate, "EOF\n", kTest));
+        req.set_shell(absl::StrCat(
+            "mkdir -p /work && cd /work && cat > solution.py <<'EOF'\n",
+            candidate, "EOF\n", kTest));
         req.set_cwd("/");
         req.mutable_timeout()->set_seconds(3);
         auto r = RunExec(local, h, req, absl::Seconds(20));
@@ -133,7 +134,8 @@ int RunDemo(const CommandContext& ctx, int count, std::ostream& out,
           rows[i].reward = double(passed) / total;
         }
         rows[i].wall_ms = absl::ToDoubleMilliseconds(
-            absl::Seconds(r->wall_time().seconds()) + absl::Nanoseconds(r->wall_time().nanos()));
+            absl::Seconds(r->wall_time().seconds()) +
+            absl::Nanoseconds(r->wall_time().nanos()));
       }
     });
   }
@@ -146,35 +148,41 @@ int RunDemo(const CommandContext& ctx, int count, std::ostream& out,
     const Row& r = rows[i];
     if (!r.error.empty()) {
       ++failures;
-      table.push_back({group.handles(i).sandbox_id(), group.handles(i).node_id(),
-                       absl::StrCat(i % 4), "infra error", r.error, "-", "-"});
+      table.push_back({group.handles(i).sandbox_id(),
+                       group.handles(i).node_id(), absl::StrCat(i % 4),
+                       "infra error", r.error, "-", "-"});
       continue;
     }
     total_reward += r.reward;
     table.push_back({group.handles(i).sandbox_id(), group.handles(i).node_id(),
-                     absl::StrCat(i % 4), r.status, r.output.empty() ? "-" : r.output,
-                     absl::StrFormat("%.2f", r.reward), absl::StrFormat("%.0f ms", r.wall_ms)});
+                     absl::StrCat(i % 4), r.status,
+                     r.output.empty() ? "-" : r.output,
+                     absl::StrFormat("%.2f", r.reward),
+                     absl::StrFormat("%.0f ms", r.wall_ms)});
   }
   PrintTable(table, out);
-  out << absl::StrFormat("mean reward %.3f over %d episodes\n",
-                         total_reward / std::max(1, group.handles_size() - failures),
-                         group.handles_size() - failures);
+  out << absl::StrFormat(
+      "mean reward %.3f over %d episodes\n",
+      total_reward / std::max(1, group.handles_size() - failures),
+      group.handles_size() - failures);
 
   // 4. Hostile code meets the sandbox.
   if (group.handles_size() > 0) {
     dsec::v1::ExecRequest req;
     req.set_shell(
         "echo -n 'host secrets: '; cat /etc/shadow 2>&1 | head -c 60; "
-        "echo -n 'network interfaces: '; awk -F: 'NR>2{printf \"%s \", $1}' "
-        "/proc/net/dev | tr -s ' '; echo; "
+        "echo -n 'network interfaces: '; awk -F: 'NR>2{gsub(/ /, \"\", $1); "
+        "printf \"%s \", $1}' /proc/net/dev; echo; "
         "echo -n 'processes: '; ls /proc | grep -c '^[0-9]'; "
-        "echo -n 'fork bomb: '; (f(){ f|f& }; f) 2>/dev/null; sleep 1; echo survived");
+        "echo -n 'fork bomb: '; (f(){ f|f& }; f) 2>/dev/null; sleep 1; echo "
+        "survived");
     req.mutable_timeout()->set_seconds(5);
     auto r = RunExec(conn, group.handles(0), req, absl::Seconds(20));
     out << "isolation check in " << group.handles(0).sandbox_id() << ":\n";
     if (r.ok()) {
       out << r->stdout_data() << "  -> " << ShortStatus(*r)
-          << (r->pids_limit_hit() ? " (pids limit hit, node unharmed)" : "") << "\n";
+          << (r->pids_limit_hit() ? " (pids limit hit, node unharmed)" : "")
+          << "\n";
     } else {
       out << "  " << r.status().message() << "\n";
     }

@@ -42,7 +42,8 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Create(
   copts.data_dir = options.data_dir + "/controller";
   copts.token_secret = secret;
   copts.metrics_port = options.metrics_port;
-  ASSIGN_OR_RETURN(cluster->controller_, controller::ControllerServer::Create(copts));
+  ASSIGN_OR_RETURN(cluster->controller_,
+                   controller::ControllerServer::Create(copts));
 
   // One node that takes the whole machine. Limits are maxima, not
   // reservations, so local mode overcommits: the sandbox count is the cap.
@@ -51,12 +52,13 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Create(
   aopts.token_secret = secret;
   aopts.controller_address = cluster->controller_address();
   aopts.state_dir = options.data_dir + "/agent";
-  aopts.init_path = options.init_path.empty() ? SelfDir() + "/dsec-init" : options.init_path;
+  aopts.init_path =
+      options.init_path.empty() ? SelfDir() + "/dsec-init" : options.init_path;
   aopts.max_sandboxes = options.max_sandboxes;
   aopts.cpu_millicores = int64_t{options.max_sandboxes} * 1000;
   aopts.memory_bytes = int64_t{options.max_sandboxes} * (int64_t{512} << 20);
   aopts.labels["mode"] = "local";
-  aopts.metrics_port = options.metrics_port < 0 ? -1
+  aopts.metrics_port = options.metrics_port < 0    ? -1
                        : options.metrics_port == 0 ? 0
                                                    : options.metrics_port + 1;
   if (options.warm_pool_size > 0) {

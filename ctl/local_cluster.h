@@ -22,12 +22,12 @@ class AgentServer;
 namespace dsec::ctl {
 
 struct LocalClusterOptions {
-  std::string data_dir;         // created if missing
-  int controller_port = 7070;   // 0: any free port
-  std::string init_path;        // dsec-init; default: next to this binary
+  std::string data_dir;        // created if missing
+  int controller_port = 7070;  // 0: any free port
+  std::string init_path;       // dsec-init; default: next to this binary
   int max_sandboxes = 512;
-  int warm_pool_size = 8;       // sandboxes kept ready in class "default"
-  int metrics_port = -1;        // controller /metrics; agent on port + 1
+  int warm_pool_size = 8;  // sandboxes kept ready in class "default"
+  int metrics_port = -1;   // controller /metrics; agent on port + 1
 };
 
 class LocalCluster {

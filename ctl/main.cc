@@ -15,7 +15,8 @@
 
 namespace {
 
-int LocalUp(dsec::ctl::CommandContext ctx, const std::vector<std::string>& args) {
+int LocalUp(dsec::ctl::CommandContext ctx,
+            const std::vector<std::string>& args) {
   dsec::ctl::LocalClusterOptions options;
   const char* home = getenv("HOME");
   options.data_dir = absl::StrCat(home ? home : "/tmp", "/.dsec/local");
@@ -62,11 +63,13 @@ int LocalUp(dsec::ctl::CommandContext ctx, const std::vector<std::string>& args)
   const absl::Time t0 = absl::Now();
   auto cluster = dsec::ctl::LocalCluster::Create(options);
   if (!cluster.ok()) {
-    std::cerr << "error: local cluster did not start: " << cluster.status().message() << "\n";
+    std::cerr << "error: local cluster did not start: "
+              << cluster.status().message() << "\n";
     return 1;
   }
   std::cout << "dsec local cluster ready in "
-            << absl::FormatDuration(absl::Trunc(absl::Now() - t0, absl::Milliseconds(1)))
+            << absl::FormatDuration(
+                   absl::Trunc(absl::Now() - t0, absl::Milliseconds(1)))
             << "\n  controller " << (*cluster)->controller_address()
             << "\n  agent      " << (*cluster)->agent_endpoint()
             << "\n  data       " << options.data_dir << "\n"
@@ -91,7 +94,8 @@ int LocalUp(dsec::ctl::CommandContext ctx, const std::vector<std::string>& args)
 
 int main(int argc, char** argv) {
   const char* level = getenv("DSEC_LOG_LEVEL");
-  (void)dsec::InitLogging({.level = level ? level : "warn", .component = "dsecctl"});
+  (void)dsec::InitLogging(
+      {.level = level ? level : "warn", .component = "dsecctl"});
   dsec::ctl::CommandContext ctx;
   if (const char* c = getenv("DSEC_CONTROLLER")) ctx.conn.controller = c;
   if (const char* k = getenv("DSEC_API_KEY")) ctx.conn.api_key = k;
@@ -118,7 +122,8 @@ int main(int argc, char** argv) {
         std::cerr << "usage error: -o takes json or table\n";
         return 2;
       }
-      ctx.output = *v == "json" ? dsec::ctl::Output::kJson : dsec::ctl::Output::kTable;
+      ctx.output =
+          *v == "json" ? dsec::ctl::Output::kJson : dsec::ctl::Output::kTable;
     } else if (a == "-o=json" || a == "--output=json") {
       ctx.output = dsec::ctl::Output::kJson;
     } else if (a == "--no_progress") {

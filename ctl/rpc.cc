@@ -30,12 +30,14 @@ std::unique_ptr<grpc::ClientContext> ControllerConn::Context(
   if (timeout == absl::ZeroDuration()) timeout = options_.timeout;
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   if (!options_.api_key.empty()) {
-    ctx->AddMetadata("authorization", absl::StrCat("Bearer ", options_.api_key));
+    ctx->AddMetadata("authorization",
+                     absl::StrCat("Bearer ", options_.api_key));
   }
   return ctx;
 }
 
-dsec::v1::SandboxRuntime::Stub& ControllerConn::agent(const std::string& endpoint) {
+dsec::v1::SandboxRuntime::Stub& ControllerConn::agent(
+    const std::string& endpoint) {
   auto& stub = agents_[endpoint];
   if (!stub) {
     stub = dsec::v1::SandboxRuntime::NewStub(grpc::CreateCustomChannel(
@@ -48,8 +50,9 @@ absl::Status RpcError(const grpc::Status& s, absl::string_view what) {
   absl::Status st = dsec::FromGrpcStatus(s);
   std::string hint;
   if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
-    hint = " (is the controller running? start one with `dsecctl local up`, "
-           "or pass --controller HOST:PORT)";
+    hint =
+        " (is the controller running? start one with `dsecctl local up`, "
+        "or pass --controller HOST:PORT)";
   } else if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
     hint = " (pass --api_key or set DSEC_API_KEY)";
   }
@@ -73,7 +76,8 @@ absl::StatusOr<dsec::v1::ExecResult> RunExec(
     if (event.has_result()) result = event.result();
   }
   grpc::Status s = reader->Finish();
-  if (!s.ok()) return RpcError(s, absl::StrCat("exec in ", handle.sandbox_id()));
+  if (!s.ok())
+    return RpcError(s, absl::StrCat("exec in ", handle.sandbox_id()));
   if (!result) {
     return absl::InternalError(absl::StrCat("exec in ", handle.sandbox_id(),
                                             ": stream ended without a result"));

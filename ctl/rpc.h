@@ -23,7 +23,7 @@ namespace dsec::ctl {
 
 struct ConnOptions {
   std::string controller = "127.0.0.1:7070";
-  std::string api_key;    // job or admin key: "authorization: Bearer <key>"
+  std::string api_key;  // job or admin key: "authorization: Bearer <key>"
   absl::Duration timeout = absl::Seconds(30);
 };
 
@@ -48,7 +48,8 @@ class ControllerConn {
   std::unique_ptr<dsec::v1::Sandboxes::Stub> sandboxes_;
   std::unique_ptr<dsec::v1::Jobs::Stub> jobs_;
   std::unique_ptr<dsec::v1::Admin::Stub> admin_;
-  std::map<std::string, std::unique_ptr<dsec::v1::SandboxRuntime::Stub>> agents_;
+  std::map<std::string, std::unique_ptr<dsec::v1::SandboxRuntime::Stub>>
+      agents_;
 };
 
 // "UNAVAILABLE: ..." plus a hint for the common causes.

@@ -40,11 +40,14 @@ class ClusterTest : public ::testing::Test {
     ctl::ConnOptions opts;
     opts.controller = controller();
     admin_ = std::make_unique<ctl::ControllerConn>(opts);
-    ASSERT_TRUE(WaitNodes(kAgents, dsec::v1::NODE_STATE_READY, absl::Seconds(30)))
+    ASSERT_TRUE(
+        WaitNodes(kAgents, dsec::v1::NODE_STATE_READY, absl::Seconds(30)))
         << controller_->Log();
   }
 
-  std::string controller() const { return absl::StrCat("127.0.0.1:", controller_port_); }
+  std::string controller() const {
+    return absl::StrCat("127.0.0.1:", controller_port_);
+  }
 
   void StartController() {
     auto p = Subprocess::Start(
@@ -61,8 +64,9 @@ class ClusterTest : public ::testing::Test {
     int port = *dsec::testing::PickFreeLoopbackPort();
     auto p = Subprocess::Start(
         {dsec::testing::BinDir() + "/dsec-agent", "--listen",
-         absl::StrCat("127.0.0.1:", port), "--node_id", absl::StrCat("node-", i),
-         "--controller", controller(), "--secret_file", secret_, "--state_dir",
+         absl::StrCat("127.0.0.1:", port), "--node_id",
+         absl::StrCat("node-", i), "--controller", controller(),
+         "--secret_file", secret_, "--state_dir",
          dir_.Join(absl::StrCat("agent-", i)), "--max_sandboxes", "200",
          "--warm_pool", "default:4"},
         dir_.Join(absl::StrCat("agent-", i, ".log")));
@@ -86,7 +90,8 @@ class ClusterTest : public ::testing::Test {
   }
 
   // A job and a connection that uses its key.
-  std::unique_ptr<ctl::ControllerConn> NewJob(const std::string& name, int max_sandboxes,
+  std::unique_ptr<ctl::ControllerConn> NewJob(const std::string& name,
+                                              int max_sandboxes,
                                               std::string* job_id) {
     dsec::v1::CreateJobRequest req;
     req.set_name(name);
@@ -105,7 +110,8 @@ class ClusterTest : public ::testing::Test {
   }
 
   std::vector<dsec::v1::SandboxHandle> CreateMany(ctl::ControllerConn& conn,
-                                                  const std::string& job_id, int count) {
+                                                  const std::string& job_id,
+                                                  int count) {
     std::vector<dsec::v1::SandboxHandle> out;
     while (static_cast<int>(out.size()) < count) {
       dsec::v1::CreateSandboxesRequest req;
@@ -124,9 +130,9 @@ class ClusterTest : public ::testing::Test {
     return out;
   }
 
-  static absl::StatusOr<dsec::v1::ExecResult> Echo(ctl::ControllerConn& conn,
-                                                   const dsec::v1::SandboxHandle& h,
-                                                   const std::string& text) {
+  static absl::StatusOr<dsec::v1::ExecResult> Echo(
+      ctl::ControllerConn& conn, const dsec::v1::SandboxHandle& h,
+      const std::string& text) {
     dsec::v1::ExecRequest req;
     req.mutable_argv()->add_args("/bin/echo");
     req.mutable_argv()->add_args(text);
@@ -189,7 +195,8 @@ TEST_F(ClusterTest, ThreeHundredSandboxesThenAnAgentDiesAndOnlyItsAreLost) {
   ASSERT_EQ(handles.size(), 300u);
   std::map<std::string, int> per_node;
   for (const auto& h : handles) ++per_node[h.node_id()];
-  EXPECT_EQ(per_node.size(), static_cast<size_t>(kAgents)) << "group not spread";
+  EXPECT_EQ(per_node.size(), static_cast<size_t>(kAgents))
+      << "group not spread";
   EXPECT_EQ(ExecAll(conn->options(), handles), 300);
 
   // Watch from now on; then kill -9 node-1's agent.
@@ -219,14 +226,17 @@ TEST_F(ClusterTest, ThreeHundredSandboxesThenAnAgentDiesAndOnlyItsAreLost) {
   for (const auto& h : handles) {
     if (h.node_id() != "node-1") survivors.push_back(h);
   }
-  EXPECT_EQ(ExecAll(conn->options(), survivors), static_cast<int>(survivors.size()));
+  EXPECT_EQ(ExecAll(conn->options(), survivors),
+            static_cast<int>(survivors.size()));
   auto listed = ListJob(*conn, job_id);
   int lost = 0;
-  for (const auto& [id, sb] : listed) lost += sb.state() == dsec::v1::SANDBOX_STATE_LOST;
+  for (const auto& [id, sb] : listed)
+    lost += sb.state() == dsec::v1::SANDBOX_STATE_LOST;
   EXPECT_EQ(lost, victims);
 }
 
-TEST_F(ClusterTest, ControllerKilledAndRestartedUnderLoadForgetsAndLeaksNothing) {
+TEST_F(ClusterTest,
+       ControllerKilledAndRestartedUnderLoadForgetsAndLeaksNothing) {
   std::string job_id;
   auto conn = NewJob("restart", 200, &job_id);
   std::vector<dsec::v1::SandboxHandle> handles = CreateMany(*conn, job_id, 60);
@@ -239,7 +249,8 @@ TEST_F(ClusterTest, ControllerKilledAndRestartedUnderLoadForgetsAndLeaksNothing)
     for (int i = 0; !stop; i = (i + 1) % 60) {
       auto r = Echo(c, handles[i], handles[i].sandbox_id());
       ++execs;
-      if (!r.ok() || r->stdout_data() != handles[i].sandbox_id() + "\n") ++exec_failures;
+      if (!r.ok() || r->stdout_data() != handles[i].sandbox_id() + "\n")
+        ++exec_failures;
     }
   });
   ASSERT_TRUE(controller_->Stop(SIGKILL).ok());
@@ -296,7 +307,8 @@ TEST_F(ClusterTest, BadRequestsGetTheRightCodesAndNothingCrashes) {
   {
     auto c = a->Context();
     grpc::Status s = a->sandboxes().CreateSandbox(c.get(), one, &created);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << s.error_message();
     EXPECT_THAT(s.error_message(), HasSubstr("quota"));
   }
   // Wrong API key.
@@ -340,17 +352,20 @@ TEST_F(ClusterTest, BadRequestsGetTheRightCodesAndNothingCrashes) {
     dsec::v1::SandboxHandle forged = mine[0];
     forged.set_token(forged.token() + "x");
     auto r = Echo(*a, forged, "x");
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated) << r.status();
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated)
+        << r.status();
     auto signer = TokenSigner::Create(*LoadOrCreateSecret(secret_, false));
     dsec::v1::SandboxHandle expired = mine[0];
     expired.set_token(*signer->Sign(
         {mine[0].sandbox_id(), job_a, absl::Now() - absl::Seconds(1)}));
     r = Echo(*a, expired, "x");
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated) << r.status();
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated)
+        << r.status();
     dsec::v1::SandboxHandle swapped = mine[0];
     swapped.set_token(mine[1].token());
     r = Echo(*a, swapped, "x");
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << r.status();
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied)
+        << r.status();
   }
   // Everyone still alive.
   EXPECT_TRUE(controller_->running());

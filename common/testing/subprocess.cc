@@ -20,7 +20,8 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
   std::vector<char*> cargv;
   for (auto& a : argv) cargv.push_back(a.data());
   cargv.push_back(nullptr);
-  int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  int log =
+      open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log < 0) return dsec::ErrnoStatus(absl::StrCat("open ", log_path));
   const pid_t parent = getpid();
   pid_t pid = fork();
@@ -58,8 +59,8 @@ absl::StatusOr<int> Subprocess::Stop(int sig, absl::Duration timeout) {
   while (running()) {
     if (absl::Now() > deadline) {
       return absl::DeadlineExceededError(
-          absl::StrCat("pid ", pid_, " still running ", absl::FormatDuration(timeout),
-                       " after signal ", sig));
+          absl::StrCat("pid ", pid_, " still running ",
+                       absl::FormatDuration(timeout), " after signal ", sig));
     }
     absl::SleepFor(absl::Milliseconds(10));
   }
