@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
   const ExecRequest true_req{.argv = {"/bin/true"}};
 
   // Interleave peers sample by sample so drift hits all of them alike.
-  std::vector<double> bare, bwrap, cold, exec_in, destroy;
+  std::vector<double> bare, bwrap, cold, exec_in, exec_idle, destroy;
   const std::vector<std::string> bwrap_args = {absl::GetFlag(FLAGS_bwrap),
                                                "--unshare-all",
                                                "--die-with-parent",
@@ -177,6 +177,11 @@ int main(int argc, char** argv) {
     start = absl::Now();
     OrDie(warm->Exec(true_req));
     exec_in.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
+    // The same after the caller idled (as a pool claim follows a wait).
+    absl::SleepFor(absl::Milliseconds(10));
+    start = absl::Now();
+    OrDie(warm->Exec(true_req));
+    exec_idle.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
   }
   std::printf("== latency, %d samples each, interleaved\n", n);
   Summary s_bare = Summarize(bare);
@@ -191,6 +196,7 @@ int main(int argc, char** argv) {
   Print("dsec destroy", Summarize(destroy));
   Summary s_exec = Summarize(exec_in);
   Print("dsec exec in running sandbox", s_exec);
+  Print("dsec exec in running sandbox, 10 ms idle", Summarize(exec_idle));
 
   // Warm pool: claim + first exec, pool kept topped up between samples.
   std::vector<double> claim, claim_only;
