@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "agent/agent_server.h"
 #include "common/logging.h"
+#include "common/rlimit.h"
 #include "common/status_macros.h"
 #include "common/token.h"
 #include "common/units.h"
@@ -117,6 +118,8 @@ int main(int argc, char** argv) {
   dsec::InitLogging(
       {.level = absl::GetFlag(FLAGS_log_level), .component = "agent"})
       .IgnoreError();
+  const int64_t max_fds = dsec::RaiseOpenFileLimit();
+  DSEC_LOG_INFO("open file limit {}", max_fds);
   // Block the stop signals in every thread; main waits for them.
   sigset_t stop;
   sigemptyset(&stop);

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "common/rlimit.h"
 #include "common/testing/test_util.h"
 #include "ctl/local_cluster.h"
 #include "ctl/rpc.h"
@@ -147,8 +148,7 @@ double EmptyRoundTrip(ControllerConn& conn, const std::string& endpoint) {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   (void)dsec::InitLogging({.level = "warn", .component = "bench"});
-  rlimit rl{1048576, 1048576};
-  setrlimit(RLIMIT_NOFILE, &rl);
+  dsec::RaiseOpenFileLimit();
   const int n = absl::GetFlag(FLAGS_iterations);
   const int fanout = absl::GetFlag(FLAGS_fanout);
 

@@ -25,6 +25,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/rlimit.h"
 #include "common/testing/test_util.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/warm_pool.h"
@@ -259,8 +260,8 @@ int main(int argc, char** argv) {
   if (density > 0) {
     // Each idle sandbox holds a few dozen host fds (cgroup files, pidfd,
     // control socket): lift the fd limit as an agent does.
-    rlimit rl{1048576, 1048576};
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) std::perror("setrlimit NOFILE");
+    std::printf("density: open file limit %lld\n",
+                static_cast<long long>(dsec::RaiseOpenFileLimit()));
     warm.reset();
     std::vector<std::unique_ptr<dsec::sandbox::Sandbox>> held;
     held.reserve(density);

@@ -7,6 +7,7 @@
 #include "absl/flags/parse.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
+#include "common/rlimit.h"
 #include "common/token.h"
 #include "controller/controller_server.h"
 
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   std::string level = absl::GetFlag(FLAGS_log_level);
   (void)dsec::InitLogging({level, "controller"});
+  dsec::RaiseOpenFileLimit();
 
   sigset_t signals;
   sigemptyset(&signals);

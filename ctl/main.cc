@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/rlimit.h"
 #include "ctl/commands.h"
 #include "ctl/local_cluster.h"
 
@@ -60,6 +61,7 @@ int LocalUp(dsec::ctl::CommandContext ctx,
   sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
+  dsec::RaiseOpenFileLimit();
   const absl::Time t0 = absl::Now();
   auto cluster = dsec::ctl::LocalCluster::Create(options);
   if (!cluster.ok()) {
