@@ -200,6 +200,7 @@ int main(int argc, char** argv) {
   double write_s = absl::ToDoubleSeconds(absl::Now() - w0);
   absl::Time r0 = absl::Now();
   size_t loaded = 0;
+  double rss_loaded = 0;
   {
     auto store = dsec::controller::Store::Open(db);
     if (!store.ok()) return 1;
@@ -218,10 +219,13 @@ int main(int argc, char** argv) {
         rebuilt.Reserve(*n, sb.spec().limits().cpu_millicores(),
                         sb.spec().limits().memory_bytes());
     }
+    // What a recovered controller holds: every record plus the placer.
+    rss_loaded = RssMiB();
   }
   double load_s = absl::ToDoubleSeconds(absl::Now() - r0);
   std::printf("%-34s %14.1f\n", "store write 1M records (s)", write_s);
   std::printf("%-34s %14.2f\n", "recovery: reopen+load+rebuild (s)", load_s);
   std::printf("%-34s %14zu\n", "records recovered", loaded);
+  std::printf("%-34s %14.0f\n", "RSS, 1M records + placer (MiB)", rss_loaded);
   return 0;
 }
