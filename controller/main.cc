@@ -11,7 +11,9 @@
 #include "common/token.h"
 #include "controller/controller_server.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "gRPC listen address");
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
+          "gRPC listen address (0.0.0.0:7070 for a real cluster, with "
+          "--admin_key_file)");
 ABSL_FLAG(std::string, data_dir, "/var/lib/dsec/controller",
           "RocksDB directory");
 ABSL_FLAG(std::string, secret_file, "/etc/dsec/secret",

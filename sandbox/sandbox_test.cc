@@ -567,12 +567,6 @@ TEST_F(SandboxTest, DestroyKillsEverythingAndIsIdempotent) {
 
 // ---- leaks ----------------------------------------------------------------
 
-int CountLines(const std::string& path) {
-  std::ifstream in(path);
-  return static_cast<int>(
-      std::count(std::istreambuf_iterator<char>(in), {}, '\n'));
-}
-
 int CountDir(const std::string& path) {
   int n = 0;
   if (DIR* d = opendir(path.c_str())) {
@@ -610,7 +604,19 @@ TEST_F(SandboxTest, ThousandCyclesLeaveNothingBehind) {
     auto sb = NewSandbox();
     ASSERT_NE(sb, nullptr);
   }
-  const int mounts = CountLines("/proc/self/mountinfo");
+  // Host mounts the runtime makes live under its state dir; count only
+  // those (other tests may run beside this one and mount their own).
+  const std::string state = state_dir_->path();
+  auto our_mounts = [&] {
+    std::ifstream in("/proc/self/mountinfo");
+    std::string line;
+    int n = 0;
+    while (std::getline(in, line)) n += line.find(state) != std::string::npos;
+    return n;
+  };
+  const int mounts = our_mounts();
+  EXPECT_GT(mounts, 0) << "the runtime's host mounts are no longer under "
+                       << state << "; update this count";
   const int fds = CountDir("/proc/self/fd");
   const int children = CountChildren();
   const int pooled = runtime_->cgroups().PooledForTesting();
@@ -621,7 +627,7 @@ TEST_F(SandboxTest, ThousandCyclesLeaveNothingBehind) {
     ASSERT_THAT(r, IsOk());
     ASSERT_EQ(r->stdout_data, "hi\n");
   }
-  EXPECT_EQ(CountLines("/proc/self/mountinfo"), mounts);
+  EXPECT_EQ(our_mounts(), mounts);
   EXPECT_EQ(CountDir("/proc/self/fd"), fds);
   EXPECT_EQ(CountChildren(), children);
   EXPECT_EQ(runtime_->cgroups().PooledForTesting(), pooled);
