@@ -223,9 +223,10 @@ absl::Status AgentServer::Start() {
 
   runtime_service_ = std::make_unique<RuntimeService>(this);
   node_service_ = std::make_unique<NodeService>(this);
+  ASSIGN_OR_RETURN(auto server_creds, MakeServerCredentials(options_.tls));
+  ASSIGN_OR_RETURN(controller_creds_, MakeChannelCredentials(options_.tls));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.listen_address,
-                           grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(options_.listen_address, server_creds, &port_);
   builder.SetMaxReceiveMessageSize(kMaxReceiveBytes);
   builder.RegisterService(runtime_service_.get());
   builder.RegisterService(node_service_.get());
@@ -270,8 +271,8 @@ void AgentServer::ReaperLoop() {
 }
 
 void AgentServer::ControllerLoop() {
-  auto channel = grpc::CreateChannel(options_.controller_address,
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(options_.controller_address, controller_creds_);
   auto stub = v1::NodeRegistry::NewStub(channel);
   auto new_context = [&](grpc::ClientContext* ctx) {
     ctx->set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));

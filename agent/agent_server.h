@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/tls.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -68,6 +69,9 @@ struct AgentOptions {
   absl::Duration reap_interval = absl::Milliseconds(200);
   // -1: no metrics endpoint; 0: any free port (see metrics_port()).
   int metrics_port = -1;
+  // TLS for the gRPC server and for calls to the other party (see
+  // common/tls.h); empty: plaintext.
+  TlsFiles tls;
   // Request maxima and the empty-network-namespace pool size.
   RequestLimits request_limits;
   int netns_pool_target = 16;
@@ -111,6 +115,7 @@ class AgentServer {
   std::unique_ptr<RuntimeService> runtime_service_;
   std::unique_ptr<NodeService> node_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::ChannelCredentials> controller_creds_;
   std::unique_ptr<metrics::HttpServer> http_;
   int port_ = 0;
   std::string endpoint_;

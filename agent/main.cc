@@ -41,6 +41,10 @@ ABSL_FLAG(std::string, memory, "",
 ABSL_FLAG(std::vector<std::string>, labels, {}, "node labels k=v,k=v");
 ABSL_FLAG(std::vector<std::string>, warm_pool, {},
           "warm pools class:size,... (default spec)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA: verify peers (and require client certificates)");
 ABSL_FLAG(int, metrics_port, -1,
           "Prometheus port on 127.0.0.1 (-1: off, 0: any)");
 ABSL_FLAG(std::string, log_level, "info", "log level");
@@ -108,6 +112,8 @@ absl::StatusOr<dsec::agent::AgentOptions> OptionsFromFlags() {
     o.warm_pools.push_back(std::move(c));
   }
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  o.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+           absl::GetFlag(FLAGS_tls_ca)};
   return o;
 }
 

@@ -215,6 +215,8 @@ struct ControllerServer::Impl {
         placer(PlacerOptions{o.placement_samples, 0x5eed}) {}
 
   ControllerOptions options;
+  // Credentials for calls to agents (TLS when options.tls is set).
+  std::shared_ptr<grpc::ChannelCredentials> agent_creds;
   TokenSigner signer;
   std::unique_ptr<Store> store;
   std::unique_ptr<grpc::Server> server;
@@ -1214,8 +1216,7 @@ struct ControllerServer::Impl {
 
   // ---- nodes ---------------------------------------------------------------
   void MakeStubs(NodeRec& n) {
-    auto channel = grpc::CreateChannel(n.node.endpoint(),
-                                       grpc::InsecureChannelCredentials());
+    auto channel = grpc::CreateChannel(n.node.endpoint(), agent_creds);
     n.agent = v1::NodeAgent::NewStub(channel);
     n.runtime = v1::SandboxRuntime::NewStub(channel);
   }
@@ -2307,15 +2308,16 @@ absl::StatusOr<std::unique_ptr<ControllerServer>> ControllerServer::Create(
                    TokenSigner::Create(options.token_secret));
   auto impl = std::make_unique<Impl>(options, std::move(signer));
   ASSIGN_OR_RETURN(impl->store, Store::Open(options.data_dir));
+  ASSIGN_OR_RETURN(impl->agent_creds, MakeChannelCredentials(options.tls));
   RETURN_IF_ERROR(impl->Recover());
 
   impl->services.push_back(std::make_unique<SandboxesService>(impl.get()));
   impl->services.push_back(std::make_unique<JobsService>(impl.get()));
   impl->services.push_back(std::make_unique<NodeRegistryService>(impl.get()));
   impl->services.push_back(std::make_unique<AdminService>(impl.get()));
+  ASSIGN_OR_RETURN(auto server_creds, MakeServerCredentials(options.tls));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address,
-                           grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(options.listen_address, server_creds,
                            &impl->bound_port);
   for (auto& s : impl->services) builder.RegisterService(s.get());
   impl->server = builder.BuildAndStart();

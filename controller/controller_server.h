@@ -34,6 +34,7 @@
 #include <memory>
 #include <string>
 
+#include "common/tls.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -74,6 +75,9 @@ struct ControllerOptions {
   absl::Duration watch_bookmark_interval = absl::Seconds(5);
   // < 0: no metrics endpoint; 0: any free port.
   int metrics_port = -1;
+  // TLS for the gRPC server and for calls to the other party (see
+  // common/tls.h); empty: plaintext.
+  TlsFiles tls;
 };
 
 class ControllerServer {

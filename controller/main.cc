@@ -24,6 +24,10 @@ ABSL_FLAG(std::string, admin_key_file, "",
           "admin API key; empty: admin open (local)");
 ABSL_FLAG(absl::Duration, heartbeat_timeout, absl::Seconds(5),
           "node DEAD after this long without a heartbeat");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA: verify peers (and require client certificates)");
 ABSL_FLAG(int, metrics_port, -1, "Prometheus port; -1: off");
 ABSL_FLAG(std::string, log_level, "info", "log level");
 
@@ -67,6 +71,8 @@ int main(int argc, char** argv) {
   options.admin_key = ReadKey(absl::GetFlag(FLAGS_admin_key_file));
   options.heartbeat_timeout = absl::GetFlag(FLAGS_heartbeat_timeout);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                 absl::GetFlag(FLAGS_tls_ca)};
 
   auto server = dsec::controller::ControllerServer::Create(options);
   if (!server.ok()) {

@@ -541,6 +541,7 @@ const char kHelp[] =
     "global flags: --controller HOST:PORT (default $DSEC_CONTROLLER or "
     "127.0.0.1:7070)\n"
     "              --api_key KEY (default $DSEC_API_KEY)   -o table|json\n"
+    "              --tls_ca CA.pem [--tls_cert C.pem --tls_key K.pem]\n"
     "\n"
     "  local up [--data_dir DIR] [--port 7070] [--demo] [--count N]\n"
     "  nodes list | cordon NODE | uncordon NODE | drain NODE\n"

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/rlimit.h"
+#include "common/tls.h"
 #include "ctl/commands.h"
 #include "ctl/local_cluster.h"
 
@@ -128,6 +129,12 @@ int main(int argc, char** argv) {
           *v == "json" ? dsec::ctl::Output::kJson : dsec::ctl::Output::kTable;
     } else if (a == "-o=json" || a == "--output=json") {
       ctx.output = dsec::ctl::Output::kJson;
+    } else if (a == "--tls_ca" || a == "--tls_cert" || a == "--tls_key") {
+      const std::string* v = value(a);
+      if (!v) return 2;
+      (a == "--tls_ca"     ? ctx.conn.tls.ca_file
+       : a == "--tls_cert" ? ctx.conn.tls.cert_file
+                           : ctx.conn.tls.key_file) = *v;
     } else if (a == "--no_progress") {
       ctx.progress = false;
     } else {
@@ -135,6 +142,10 @@ int main(int argc, char** argv) {
     }
   }
   args.erase(args.begin(), args.begin() + static_cast<long>(i));
+  if (auto creds = dsec::MakeChannelCredentials(ctx.conn.tls); !creds.ok()) {
+    std::cerr << "usage error: " << creds.status().message() << "\n";
+    return 2;
+  }
   if (args.size() >= 2 && args[0] == "local" && args[1] == "up") {
     return LocalUp(ctx, args);
   }

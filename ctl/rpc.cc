@@ -17,8 +17,12 @@ grpc::ChannelArguments Args() {
 
 ControllerConn::ControllerConn(ConnOptions options)
     : options_(std::move(options)) {
-  channel_ = grpc::CreateCustomChannel(
-      options_.controller, grpc::InsecureChannelCredentials(), Args());
+  // Callers validate the TLS files first (dsecctl's main does); a bad file
+  // here leaves a channel whose calls fail.
+  auto creds = MakeChannelCredentials(options_.tls);
+  creds_ = creds.ok() ? *creds : grpc::InsecureChannelCredentials();
+  if (!creds.ok()) options_.controller = "unix:/nonexistent/tls-config-error";
+  channel_ = grpc::CreateCustomChannel(options_.controller, creds_, Args());
   sandboxes_ = dsec::v1::Sandboxes::NewStub(channel_);
   jobs_ = dsec::v1::Jobs::NewStub(channel_);
   admin_ = dsec::v1::Admin::NewStub(channel_);
@@ -40,8 +44,8 @@ dsec::v1::SandboxRuntime::Stub& ControllerConn::agent(
     const std::string& endpoint) {
   auto& stub = agents_[endpoint];
   if (!stub) {
-    stub = dsec::v1::SandboxRuntime::NewStub(grpc::CreateCustomChannel(
-        endpoint, grpc::InsecureChannelCredentials(), Args()));
+    stub = dsec::v1::SandboxRuntime::NewStub(
+        grpc::CreateCustomChannel(endpoint, creds_, Args()));
   }
   return *stub;
 }

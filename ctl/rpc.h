@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "dsec/v1/agent_service.grpc.pb.h"
 #include "dsec/v1/job_service.grpc.pb.h"
 #include "dsec/v1/node_service.grpc.pb.h"
@@ -25,6 +26,7 @@ struct ConnOptions {
   std::string controller = "127.0.0.1:7070";
   std::string api_key;  // job or admin key: "authorization: Bearer <key>"
   absl::Duration timeout = absl::Seconds(30);
+  TlsFiles tls;  // empty: plaintext
 };
 
 class ControllerConn {
@@ -44,6 +46,7 @@ class ControllerConn {
 
  private:
   ConnOptions options_;
+  std::shared_ptr<grpc::ChannelCredentials> creds_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<dsec::v1::Sandboxes::Stub> sandboxes_;
   std::unique_ptr<dsec::v1::Jobs::Stub> jobs_;

@@ -12,7 +12,7 @@ PACKAGES=(
   # storage, FUSE, sandboxing
   librocksdb-dev libfuse3-dev fuse3 libseccomp-dev libcap-dev
   # crypto, logging, HTTP, JSON
-  libssl-dev libspdlog-dev libfmt-dev libcpp-httplib-dev nlohmann-json3-dev
+  openssl libssl-dev libspdlog-dev libfmt-dev libcpp-httplib-dev nlohmann-json3-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   bubblewrap hyperfine iproute2 procps psmisc util-linux
