@@ -626,7 +626,11 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Runtime::CreateSandbox(
   plan.hostname = spec.hostname;
   plan.userns_fd = shared_->userns_fd.get();
   plan.init_fd = shared_->init_fd.get();
-  for (int fd : cgroup->init_procs_fds()) plan.cgroup_fds.push_back(fd);
+  // Opened for this launch only; the child joins through them before it
+  // execs dsec-init, and they are closed once SpawnChild returns.
+  ASSIGN_OR_RETURN(std::vector<UniqueFd> cgroup_fds,
+                   cgroup->OpenInitProcsFds());
+  for (const UniqueFd& fd : cgroup_fds) plan.cgroup_fds.push_back(fd.get());
   auto lim = [](int64_t v) {
     rlim_t r = v > 0 ? static_cast<rlim_t>(v) : RLIM_INFINITY;
     return rlimit{r, r};
@@ -655,6 +659,7 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Runtime::CreateSandbox(
   ASSIGN_OR_RETURN(pid_t pid, SpawnChild(flags, plan));
   sb->init_pid_ = pid;
   child_end.Reset();
+  cgroup_fds.clear();
   netns.Reset();  // the child holds it now
   auto kill_child = MakeScopeGuard([pid] {
     kill(pid, SIGKILL);
@@ -946,7 +951,7 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
   auto release_slot =
       MakeScopeGuard([&] { state_->cgroup->ReleaseSlot(slot); });
   CgroupStats before;
-  if (auto s = state_->cgroup->Stats(); s.ok()) before = *s;
+  if (auto s = state_->cgroup->EventStats(); s.ok()) before = *s;
 
   int reply_sv[2], out_p[2], err_p[2], in_p[2] = {-1, -1};
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, reply_sv) != 0) {
@@ -976,7 +981,8 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
   req.argc = request.argv.size();
   req.envc = env.size();
   req.payload_len = payload.size();
-  auto slot_fds = slot->procs_fds();
+  // Opened for this exec only; init passes them to the child, which joins.
+  ASSIGN_OR_RETURN(std::vector<UniqueFd> slot_fds, slot->OpenProcsFds());
   req.slot_fd_count = slot_fds.size();
   req.cpu_limit_seconds =
       request.cpu_time_limit > absl::ZeroDuration()
@@ -984,7 +990,7 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
           : 0;
   std::vector<int> fds = {reply_child.get(), in_r ? in_r.get() : -1,
                           out_w.get(), err_w.get()};
-  fds.insert(fds.end(), slot_fds.begin(), slot_fds.end());
+  for (const UniqueFd& fd : slot_fds) fds.push_back(fd.get());
   // SCM_RIGHTS cannot carry -1: send /dev/null's place as the reply fd
   // duplicate and let init treat a missing stdin by position.
   UniqueFd devnull;
@@ -1023,6 +1029,7 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
   err_w.Reset();
   in_r.Reset();
   devnull.Reset();
+  slot_fds.clear();
 
   ExecResult result;
   OutputStream streams[2] = {
@@ -1133,7 +1140,7 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
         std::max(result.cpu_time, absl::Nanoseconds(s->cpu_usage_ns));
   }
   CgroupStats after;
-  if (auto s = state_->cgroup->Stats(); s.ok()) after = *s;
+  if (auto s = state_->cgroup->EventStats(); s.ok()) after = *s;
   const bool oom = after.oom_kills > before.oom_kills;
   result.pids_limit_hit = after.pids_max_events > before.pids_max_events;
   const int ws = exit_reply.wait_status;
