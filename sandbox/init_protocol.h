@@ -17,6 +17,16 @@
 // Signal: InitRequest{kSignal, target_pid, signal}; no reply. target_pid -1
 // means every process but init.
 //
+// Layer fds: InitRequest{kLayerFds} with one fd, a reply socket. Init
+// answers on it with InitReply{kLayerFds} carrying, with SCM_RIGHTS,
+// duplicates of its kDiskFd and kRootFd (in that order), then closes it.
+// Init is the only holder of those two fds (it got them from the launcher
+// at fixed numbers and keeps them close-on-exec): the host asks for them
+// when it needs them (file API, snapshot) and closes them after, so an idle
+// sandbox costs the host one fd, its control socket. Init is not dumpable,
+// so code in the sandbox (no capabilities) cannot reach them through
+// /proc/1/fd. A frozen (parked) init cannot answer.
+//
 // When the control socket reaches EOF (the host closed it or died), init
 // exits and the kernel kills everything left in the pid namespace.
 #ifndef DSEC_SANDBOX_INIT_PROTOCOL_H_
@@ -28,12 +38,20 @@ namespace dsec::sandbox::init_protocol {
 
 inline constexpr uint32_t kMagic = 0x64736931;  // "dsi1"
 inline constexpr int kControlFd = 3;            // init's control socket
+inline constexpr int kDiskFd = 4;  // O_PATH: tmpfs holding upper/ and work/
+inline constexpr int kRootFd = 5;  // O_PATH: the sandbox's root (overlay)
+inline constexpr int kFirstFreeFd = 6;
 inline constexpr uint32_t kMaxPayload = 160 * 1024;
 inline constexpr uint32_t kMaxSlotFds = 8;
 inline constexpr uint32_t kMaxArgs = 8192;
 
-enum class RequestType : uint32_t { kExec = 1, kSignal = 2 };
-enum class ReplyType : uint32_t { kStarted = 1, kExecFailed = 2, kExited = 3 };
+enum class RequestType : uint32_t { kExec = 1, kSignal = 2, kLayerFds = 3 };
+enum class ReplyType : uint32_t {
+  kStarted = 1,
+  kExecFailed = 2,
+  kExited = 3,
+  kLayerFds = 4,
+};
 
 struct InitRequest {
   uint32_t magic;

@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/unique_fd.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/safe_fs.h"
 #include "sandbox/spec.h"
@@ -123,8 +124,13 @@ class Sandbox {
   absl::Status Signal(pid_t pid, int signal);
 
   // The sandbox's root as seen from the host, for the file API. Paths are
-  // confined to it (see safe_fs.h).
-  const SafeRoot& files() const { return *files_; }
+  // confined to it (see safe_fs.h). Each call asks init for an fd of the
+  // root (a round trip on the control socket), which the returned SafeRoot
+  // owns: open it per operation and drop it after, so an idle sandbox
+  // holds no fd but its control socket. FAILED_PRECONDITION when parked
+  // (init is frozen and cannot answer) or destroyed; UNAVAILABLE when init
+  // does not answer.
+  absl::StatusOr<std::unique_ptr<SafeRoot>> OpenFiles() const;
   // Host uid/gid owning files created by the sandbox's root.
   uid_t host_uid() const;
 
@@ -139,11 +145,18 @@ class Sandbox {
   struct State;
   Sandbox() = default;
 
+  // Duplicates of init's fds of the writable-layer tmpfs and of the root.
+  struct LayerFds {
+    UniqueFd disk;  // O_PATH: tmpfs holding upper/ and work/
+    UniqueFd root;  // O_PATH: the sandbox's root
+  };
+  // Asks init for them. REQUIRES: init is not frozen.
+  absl::StatusOr<LayerFds> RequestLayerFds() const;
+
   std::string id_;
   SandboxSpec spec_;
   pid_t init_pid_ = -1;
   Runtime* runtime_ = nullptr;
-  std::unique_ptr<SafeRoot> files_;
   std::unique_ptr<State> state_;
 };
 
