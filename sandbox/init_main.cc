@@ -215,19 +215,7 @@ void SendLayerFds(int reply_fd) {
   reply.type = ReplyType::kLayerFds;
   const int fds[2] = {kDiskFd, kRootFd};
   iovec iov{&reply, sizeof(reply)};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(fds))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof(cbuf);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(fds));
-  memcpy(CMSG_DATA(c), fds, sizeof(fds));
-  while (sendmsg(reply_fd, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
-  }
+  (void)SendWithFds(reply_fd, &iov, 1, fds, 2);
 }
 
 // Reads one request; false when the host has gone.

@@ -32,7 +32,13 @@
 #ifndef DSEC_SANDBOX_INIT_PROTOCOL_H_
 #define DSEC_SANDBOX_INIT_PROTOCOL_H_
 
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 
 namespace dsec::sandbox::init_protocol {
 
@@ -76,6 +82,36 @@ struct InitReply {
   uint32_t failed_step;  // kExecFailed: which step (see ExecStep)
   uint32_t reserved;
 };
+
+// sendmsg of `iov` with `fds` attached as SCM_RIGHTS (none when nfds is 0),
+// MSG_NOSIGNAL, retried on EINTR. No allocation: dsec-init uses it too.
+// Returns sendmsg's result (-1 with EINVAL for more than kMaxFds fds).
+inline constexpr int kMaxFds = 4 + kMaxSlotFds;  // an exec's
+inline ssize_t SendWithFds(int sock, const iovec* iov, int iovcnt,
+                           const int* fds, int nfds) {
+  if (nfds < 0 || nfds > kMaxFds) {
+    errno = EINVAL;
+    return -1;
+  }
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)] = {};
+  msghdr msg{};
+  msg.msg_iov = const_cast<iovec*>(iov);
+  msg.msg_iovlen = static_cast<size_t>(iovcnt);
+  if (nfds > 0) {
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  ssize_t n;
+  do {
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
 
 // Step of the exec child that failed, for precise errors.
 enum class ExecStep : uint32_t {

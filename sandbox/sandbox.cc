@@ -775,6 +775,16 @@ absl::StatusOr<std::vector<std::string>> Sandbox::Snapshot() {
   return layers;
 }
 
+absl::Status Sandbox::SendToInit(const iovec* iov, int iovcnt, const int* fds,
+                                 int nfds) const {
+  absl::MutexLock lock(&state_->send_mu);
+  if (proto::SendWithFds(state_->control.get(), iov, iovcnt, fds, nfds) < 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "sandbox ", id_, " init is not accepting requests: ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Sandbox::LayerFds> Sandbox::RequestLayerFds() const {
   constexpr absl::Duration kTimeout = absl::Seconds(5);
   int sv[2];
@@ -788,27 +798,7 @@ absl::StatusOr<Sandbox::LayerFds> Sandbox::RequestLayerFds() const {
   {
     const int fd = reply_child.get();
     iovec iov{&req, sizeof(req)};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(fd))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = sizeof(cbuf);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(fd));
-    memcpy(CMSG_DATA(c), &fd, sizeof(fd));
-    absl::MutexLock lock(&state_->send_mu);
-    ssize_t n;
-    do {
-      n = sendmsg(state_->control.get(), &msg, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      return absl::UnavailableError(
-          absl::StrCat("sandbox ", id_,
-                       " init is not accepting requests: ", strerror(errno)));
-    }
+    RETURN_IF_ERROR(SendToInit(&iov, 1, &fd, 1));
   }
   reply_child.Reset();
   pollfd pfd{reply.get(), POLLIN, 0};
@@ -1078,27 +1068,8 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
   const absl::Time start = absl::Now();
   {
     iovec iov[2] = {{&req, sizeof(req)}, {payload.data(), payload.size()}};
-    std::vector<char> cbuf(CMSG_SPACE(fds.size() * sizeof(int)));
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 2;
-    msg.msg_control = cbuf.data();
-    msg.msg_controllen = cbuf.size();
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-    memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
-    absl::MutexLock lock(&state_->send_mu);
-    ssize_t n;
-    do {
-      n = sendmsg(state_->control.get(), &msg, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      return absl::UnavailableError(
-          absl::StrCat("sandbox ", id_,
-                       " init is not accepting requests: ", strerror(errno)));
-    }
+    RETURN_IF_ERROR(
+        SendToInit(iov, 2, fds.data(), static_cast<int>(fds.size())));
   }
   reply_child.Reset();
   out_w.Reset();

@@ -12,6 +12,10 @@
 // net, ipc, uts and cgroup namespaces, on an overlay rootfs whose writable
 // layer is a size-capped tmpfs, with cgroup limits and a seccomp filter.
 //
+// Fds: an idle Sandbox holds one host fd, the control socket to its init;
+// cgroup files are opened per access and the root and writable-layer fds
+// are fetched from init when needed (OpenFiles, Snapshot).
+//
 // Thread-safety: Runtime and Sandbox are thread-safe; any number of Exec
 // calls may run concurrently on one sandbox. Destroying a Sandbox while
 // calls on it are in flight is not allowed (the agent holds a shared_ptr).
@@ -19,6 +23,7 @@
 #define DSEC_SANDBOX_SANDBOX_H_
 
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <functional>
 #include <memory>
@@ -152,6 +157,10 @@ class Sandbox {
   };
   // Asks init for them. REQUIRES: init is not frozen.
   absl::StatusOr<LayerFds> RequestLayerFds() const;
+  // One request message to init with `fds` attached (serialized with other
+  // requests); UNAVAILABLE when init does not take it.
+  absl::Status SendToInit(const iovec* iov, int iovcnt, const int* fds,
+                          int nfds) const;
 
   std::string id_;
   SandboxSpec spec_;
