@@ -804,7 +804,8 @@ absl::StatusOr<v1::WriteFileResponse> SandboxManager::WriteFile(
   auto write = [&]() -> absl::StatusOr<v1::WriteFileResponse> {
     std::shared_ptr<sandbox::Sandbox> sb = entry->Get();
     if (sb == nullptr) return absl::FailedPreconditionError("sandbox is gone");
-    const sandbox::SafeRoot& root = sb->files();
+    ASSIGN_OR_RETURN(std::unique_ptr<sandbox::SafeRoot> files, sb->OpenFiles());
+    const sandbox::SafeRoot& root = *files;
     absl::StatusOr<sandbox::FileInfo> before = root.Stat(path);
     if (before.ok() && before->type == sandbox::FileType::kDirectory) {
       return absl::FailedPreconditionError(
@@ -849,12 +850,13 @@ absl::Status SandboxManager::ReadFile(const v1::ReadFileRequest& request,
   }
   std::shared_ptr<sandbox::Sandbox> sb = entry->Get();
   if (sb == nullptr) return absl::FailedPreconditionError("sandbox is gone");
-  ASSIGN_OR_RETURN(sandbox::FileInfo info, sb->files().Stat(path));
+  ASSIGN_OR_RETURN(std::unique_ptr<sandbox::SafeRoot> files, sb->OpenFiles());
+  ASSIGN_OR_RETURN(sandbox::FileInfo info, files->Stat(path));
   if (info.type != sandbox::FileType::kRegular) {
     return absl::FailedPreconditionError(
         absl::StrCat(request.path(), " is not a regular file"));
   }
-  ASSIGN_OR_RETURN(UniqueFd fd, sb->files().OpenForRead(path));
+  ASSIGN_OR_RETURN(UniqueFd fd, files->OpenForRead(path));
   struct stat st;
   if (fstat(fd.get(), &st) != 0) {
     return dsec::ErrnoToStatus(errno, "fstat");
@@ -928,7 +930,8 @@ absl::StatusOr<v1::ListFilesResponse> SandboxManager::ListFiles(
   }
   std::shared_ptr<sandbox::Sandbox> sb = entry->Get();
   if (sb == nullptr) return absl::FailedPreconditionError("sandbox is gone");
-  ASSIGN_OR_RETURN(sandbox::FileInfo top, sb->files().Stat(path));
+  ASSIGN_OR_RETURN(std::unique_ptr<sandbox::SafeRoot> files, sb->OpenFiles());
+  ASSIGN_OR_RETURN(sandbox::FileInfo top, files->Stat(path));
   if (top.type != sandbox::FileType::kDirectory) {
     return absl::FailedPreconditionError(
         absl::StrCat(request.path(), " is not a directory"));
@@ -938,8 +941,7 @@ absl::StatusOr<v1::ListFilesResponse> SandboxManager::ListFiles(
   while (!dirs.empty() && all.size() < kMaxListEntries) {
     std::string dir = dirs.back();
     dirs.pop_back();
-    absl::StatusOr<std::vector<sandbox::FileInfo>> entries =
-        sb->files().List(dir);
+    absl::StatusOr<std::vector<sandbox::FileInfo>> entries = files->List(dir);
     if (!entries.ok()) {
       if (dir == path) return entries.status();
       continue;  // vanished or unreadable below the top: skip
@@ -974,9 +976,10 @@ absl::StatusOr<v1::FileInfo> SandboxManager::StatFile(
                    ResolveSandboxPath(entry->spec.workdir(), request.path()));
   std::shared_ptr<sandbox::Sandbox> sb = entry->Get();
   if (sb == nullptr) return absl::FailedPreconditionError("sandbox is gone");
-  ASSIGN_OR_RETURN(sandbox::FileInfo info, sb->files().Stat(path));
+  ASSIGN_OR_RETURN(std::unique_ptr<sandbox::SafeRoot> files, sb->OpenFiles());
+  ASSIGN_OR_RETURN(sandbox::FileInfo info, files->Stat(path));
   if (request.follow_symlinks() && info.type == sandbox::FileType::kSymlink) {
-    ASSIGN_OR_RETURN(UniqueFd fd, sb->files().OpenForRead(path));
+    ASSIGN_OR_RETURN(UniqueFd fd, files->OpenForRead(path));
     struct stat st;
     if (fstat(fd.get(), &st) != 0) return dsec::ErrnoToStatus(errno, "fstat");
     info.symlink_target.clear();
@@ -1001,13 +1004,14 @@ absl::StatusOr<v1::DeleteFileResponse> SandboxManager::DeleteFile(
   }
   std::shared_ptr<sandbox::Sandbox> sb = entry->Get();
   if (sb == nullptr) return absl::FailedPreconditionError("sandbox is gone");
+  ASSIGN_OR_RETURN(std::unique_ptr<sandbox::SafeRoot> files, sb->OpenFiles());
   v1::DeleteFileResponse response;
-  absl::StatusOr<sandbox::FileInfo> info = sb->files().Stat(path);
+  absl::StatusOr<sandbox::FileInfo> info = files->Stat(path);
   if (absl::IsNotFound(info.status()) && request.allow_missing()) {
     return response;
   }
   RETURN_IF_ERROR(info.status());
-  RETURN_IF_ERROR(sb->files().Delete(path, request.recursive()));
+  RETURN_IF_ERROR(files->Delete(path, request.recursive()));
   response.set_deleted(true);
   return response;
 }
@@ -1254,7 +1258,9 @@ absl::StatusOr<v1::SignalResponse> SandboxManager::Signal(
     return absl::InvalidArgumentError("signal must be 1..64");
   }
   std::shared_ptr<sandbox::Sandbox> sb = entry->Get();
-  std::vector<v1::ProcessInfo> procs = SandboxProcesses(sb->files());
+  if (sb == nullptr) return absl::FailedPreconditionError("sandbox is gone");
+  ASSIGN_OR_RETURN(std::unique_ptr<sandbox::SafeRoot> files, sb->OpenFiles());
+  std::vector<v1::ProcessInfo> procs = SandboxProcesses(*files);
   v1::SignalResponse response;
   switch (request.target_case()) {
     case v1::SignalRequest::kPid: {
@@ -1295,8 +1301,12 @@ absl::StatusOr<v1::ListProcessesResponse> SandboxManager::ListProcesses(
   ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry,
                    Authorize(request.sandbox_id(), request.token(), true));
   std::shared_ptr<sandbox::Sandbox> sb = entry->Get();
+  if (sb == nullptr) return absl::FailedPreconditionError("sandbox is gone");
+  // Reads the sandbox's /proc through its root, which init hands over only
+  // while thawed: a parked sandbox is refused like the file API.
+  ASSIGN_OR_RETURN(std::unique_ptr<sandbox::SafeRoot> files, sb->OpenFiles());
   v1::ListProcessesResponse response;
-  for (v1::ProcessInfo& p : SandboxProcesses(sb->files())) {
+  for (v1::ProcessInfo& p : SandboxProcesses(*files)) {
     *response.add_processes() = std::move(p);
   }
   return response;

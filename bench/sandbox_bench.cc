@@ -258,8 +258,8 @@ int main(int argc, char** argv) {
 
   const int density = absl::GetFlag(FLAGS_density);
   if (density > 0) {
-    // Each idle sandbox holds a few dozen host fds (cgroup files, pidfd,
-    // control socket): lift the fd limit as an agent does.
+    // Each idle sandbox holds one host fd (its control socket to init);
+    // lift the fd limit as an agent does.
     std::printf("density: open file limit %lld\n",
                 static_cast<long long>(dsec::RaiseOpenFileLimit()));
     warm.reset();

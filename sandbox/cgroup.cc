@@ -5,12 +5,18 @@
 //    destructor closes its fds and rmdirs the directory in every hierarchy.
 //    Only directories are ever removed; no file in cgroupfs is unlinked.
 //    Children are declared after their parent so they are destroyed first.
-//  - A Node's fds are opened once, when it is created, and never change;
-//    reads are pread(fd, 0) on those fds, so the stats path does no open()
-//    and builds no path strings (paths are only built for error messages).
+//  - A Node holds no fd: every read or write opens the file by absolute
+//    path and closes it, so an idle sandbox's group costs no descriptors
+//    (a process holding thousands of sandboxes stays far from
+//    RLIMIT_NOFILE, and clone() has a short fd table to copy). Which name
+//    each file has on this host is resolved once, in the manager root.
+//    Only a held slot keeps fds: its counter files, opened at AcquireSlot
+//    and closed at ReleaseSlot, so an exec's stats are preads and v2's
+//    memory.peak reset (per fd, Linux >= 6.12) applies to the fd read.
 //  - v1: hierarchy 0 is the freezer's, and a joining process writes the
-//    procs fds in hierarchy order, so the freezer hierarchy's membership is
-//    a superset of every other's. Counting and killing read it alone.
+//    procs fds (opened for that one join) in hierarchy order, so the freezer
+//    hierarchy's membership is a superset of every other's. Counting and
+//    killing read it alone.
 //  - Counters the kernel cannot reset (oom kills, fork failures, v2 cpu
 //    time) are baselined; v1's and v2's "local" event files count at the
 //    cgroup where the event happened, so a group's total is the sum over
@@ -23,7 +29,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,6 +37,7 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <initializer_list>
 #include <limits>
 #include <thread>
 #include <utility>
@@ -74,13 +80,14 @@ constexpr const char* kCtlNames[kNumCtl] = {"memory", "pids", "cpu", "cpuacct",
 constexpr int64_t kUnlimited = std::numeric_limits<int64_t>::max();
 constexpr int64_t kCpuPeriodUs = 100000;  // 100 ms
 constexpr int64_t kMinCpuQuotaUs = 1000;  // the kernel's minimum
+// Pooled groups hold no fds (see Node), only their directories.
 constexpr int kMaxPool = 1024;
 // Bounded waits: freezing, emptying after SIGKILL, rmdir of a busy group.
 constexpr absl::Duration kWaitTimeout = absl::Seconds(2);
 // Below this, a released group's leftover page cache is not worth a reclaim.
 constexpr int64_t kReclaimThreshold = 1 << 20;
 
-// Files a Node keeps open, by purpose.
+// Files of a Node, by purpose.
 enum File : int {
   kPeak,         // memory high-water mark (resettable)
   kCurrent,      // memory usage
@@ -99,7 +106,7 @@ enum File : int {
   kNumFiles
 };
 
-// What a Node is; decides which files it opens.
+// What a Node is; decides which files it uses.
 enum Role : uint8_t {
   kRoleRoot = 0,
   kRoleGroup = 1,
@@ -111,7 +118,6 @@ struct FileSpec {
   int controller;        // Controller or kCore
   const char* name;      // nullptr: no such file in this version
   const char* fallback;  // tried when `name` does not exist (older kernels)
-  int flags;
   bool optional;  // absent on some kernels/configs: read as 0, never written
   uint8_t roles;  // Role bits of the nodes that open it
 };
@@ -119,40 +125,39 @@ struct FileSpec {
 constexpr uint8_t kGS = kRoleGroup | kRoleSlot;
 
 constexpr std::array<FileSpec, kNumFiles> kV1Files = {{
-    {kMemory, "memory.max_usage_in_bytes", nullptr, O_RDWR, false, kGS},
-    {kMemory, "memory.usage_in_bytes", nullptr, O_RDONLY, false, kGS},
-    {kCpuacct, "cpuacct.usage", nullptr, O_RDONLY, false, kGS},
-    {kMemory, "memory.oom_control", nullptr, O_RDONLY, false, kGS},
-    {kPids, "pids.events", nullptr, O_RDONLY, true, kGS},
-    {kPids, "pids.current", nullptr, O_RDONLY, false, kGS},
-    {kFreezer, "freezer.state", nullptr, O_RDWR, false, kGS},
-    {kCore, nullptr, nullptr, 0, true, 0},
-    {kFreezer, "cgroup.procs", nullptr, O_RDONLY, false, 0},  // per read
-    {kCore, nullptr, nullptr, 0, true, 0},
-    {kMemory, "memory.limit_in_bytes", nullptr, O_WRONLY, false, kRoleGroup},
-    {kMemory, "memory.memsw.limit_in_bytes", nullptr, O_WRONLY, true,
-     kRoleGroup},
-    {kPids, "pids.max", nullptr, O_WRONLY, false, kRoleGroup},
-    {kCpu, "cpu.cfs_quota_us", nullptr, O_WRONLY, false, kRoleGroup},
+    {kMemory, "memory.max_usage_in_bytes", nullptr, false, kGS},
+    {kMemory, "memory.usage_in_bytes", nullptr, false, kGS},
+    {kCpuacct, "cpuacct.usage", nullptr, false, kGS},
+    {kMemory, "memory.oom_control", nullptr, false, kGS},
+    {kPids, "pids.events", nullptr, true, kGS},
+    {kPids, "pids.current", nullptr, false, kGS},
+    {kFreezer, "freezer.state", nullptr, false, kGS},
+    {kCore, nullptr, nullptr, true, 0},
+    {kFreezer, "cgroup.procs", nullptr, false, 0},  // ReadPids: any node
+    {kCore, nullptr, nullptr, true, 0},
+    {kMemory, "memory.limit_in_bytes", nullptr, false, kRoleGroup},
+    {kMemory, "memory.memsw.limit_in_bytes", nullptr, true, kRoleGroup},
+    {kPids, "pids.max", nullptr, false, kRoleGroup},
+    {kCpu, "cpu.cfs_quota_us", nullptr, false, kRoleGroup},
 }};
 
 constexpr uint8_t kIS = kRoleInit | kRoleSlot;
 
 constexpr std::array<FileSpec, kNumFiles> kV2Files = {{
-    {kMemory, "memory.peak", nullptr, O_RDWR, true, kGS},
-    {kMemory, "memory.current", nullptr, O_RDONLY, false, kGS},
-    {kCore, "cpu.stat", nullptr, O_RDONLY, false, kGS},
-    {kMemory, "memory.events.local", "memory.events", O_RDONLY, false, kIS},
-    {kPids, "pids.events.local", "pids.events", O_RDONLY, true, kIS},
-    {kPids, "pids.current", nullptr, O_RDONLY, false, kGS},
-    {kCore, "cgroup.freeze", nullptr, O_RDWR, false, kGS},
-    {kCore, "cgroup.events", nullptr, O_RDONLY, false, kGS},
-    {kCore, "cgroup.procs", nullptr, O_RDONLY, false, 0},  // per read
-    {kCore, "cgroup.kill", nullptr, O_WRONLY, true, kGS},
-    {kMemory, "memory.max", nullptr, O_WRONLY, false, kRoleGroup},
-    {kMemory, "memory.swap.max", nullptr, O_WRONLY, true, kRoleGroup},
-    {kPids, "pids.max", nullptr, O_WRONLY, false, kRoleGroup},
-    {kCpu, "cpu.max", nullptr, O_WRONLY, false, kRoleGroup},
+    {kMemory, "memory.peak", nullptr, true, kGS},
+    {kMemory, "memory.current", nullptr, false, kGS},
+    {kCore, "cpu.stat", nullptr, false, kGS},
+    {kMemory, "memory.events.local", "memory.events", false, kIS},
+    {kPids, "pids.events.local", "pids.events", true, kIS},
+    {kPids, "pids.current", nullptr, false, kGS},
+    {kCore, "cgroup.freeze", nullptr, false, kGS},
+    {kCore, "cgroup.events", nullptr, false, kGS},
+    {kCore, "cgroup.procs", nullptr, false, 0},  // ReadPids: any node
+    {kCore, "cgroup.kill", nullptr, true, kGS},
+    {kMemory, "memory.max", nullptr, false, kRoleGroup},
+    {kMemory, "memory.swap.max", nullptr, true, kRoleGroup},
+    {kPids, "pids.max", nullptr, false, kRoleGroup},
+    {kCpu, "cpu.max", nullptr, false, kRoleGroup},
 }};
 
 // ---- small I/O helpers ------------------------------------------------------
@@ -293,6 +298,10 @@ struct Layout {
   std::array<int, kNumCtl> hierarchy_of{};  // -1: controller missing
   std::string root_name;
   const std::array<FileSpec, kNumFiles>* files = &kV1Files;
+  // Per File: the name that exists on this host (a FileSpec's name or its
+  // fallback); nullptr where the host lacks it. Set once the root exists.
+  std::array<const char*, kNumFiles> file_names{};
+  bool peak_writable = true;  // memory.peak takes resets (v1; v2 >= 6.12)
 
   bool Has(int controller) const {
     return controller == kCore ? version == CgroupVersion::kV2
@@ -323,159 +332,149 @@ struct Layout {
 
 class Node {
  public:
-  // mkdir parent/name in each hierarchy and opens the files of `role`.
-  // `parent_dirs` must outlive the Node (they are its parent's dir fds).
-  static absl::StatusOr<std::unique_ptr<Node>> Create(
-      const Layout& layout, absl::Span<const int> parent_dirs, std::string name,
-      std::string rel, Role role);
+  // mkdir <hierarchy root>/rel in each hierarchy (for the root, rel is ""
+  // and the directory is the hierarchy's root_path). Opens nothing.
+  static absl::StatusOr<std::unique_ptr<Node>> Create(const Layout& layout,
+                                                      std::string rel,
+                                                      Role role);
 
-  // Closes the fds, then rmdirs the directory in every hierarchy (the owner
-  // has emptied it first).
+  // Closes the peak fd (if held), then rmdirs the directory in every
+  // hierarchy (the owner has emptied it first).
   ~Node();
 
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
-  int fd(File f) const { return files_[f].get(); }
-  absl::Span<const int> dirs() const { return dirs_raw_; }
-  absl::Span<const int> procs_fds() const { return procs_raw_; }
+  const Layout& layout() const { return *layout_; }
+  // True when this node has file `f` (the host has it and the node's role
+  // uses it).
+  bool Has(File f) const {
+    return layout_->file_names[f] != nullptr &&
+           ((*layout_->files)[f].roles & role_) != 0;
+  }
+  // Absolute path of file `f` of this node (REQUIRES: Has(f)).
+  std::string PathOf(File f) const;
+  const std::string& PathIn(int hierarchy) const { return paths_[hierarchy]; }
   const std::string& rel() const { return rel_; }
+
+  // Opens cgroup.procs O_WRONLY in every hierarchy, in hierarchy order.
+  absl::StatusOr<std::vector<UniqueFd>> OpenProcsFds() const;
+
+  // Opens `files` (those the node has) and keeps them until Unhold, so a
+  // node in use (a held slot) reads its counters with one pread each and
+  // its v2 memory.peak can be reset per fd. REQUIRES: nothing held.
+  absl::Status Hold(std::initializer_list<File> files);
+  void Unhold() {
+    for (UniqueFd& fd : held_) fd.Reset();
+  }
+  // The held fd of `f`, or -1.
+  int held_fd(File f) const { return held_[f].get(); }
   bool peak_resettable() const { return peak_resettable_; }
   void set_peak_resettable(bool v) { peak_resettable_ = v; }
 
-  // Path of a file of this node, for error messages only.
-  std::string PathOf(File f) const;
-  std::string PathIn(int hierarchy) const {
-    return absl::StrCat(layout_->hierarchies[hierarchy].root_path,
-                        rel_.empty() ? "" : "/", rel_);
+ private:
+  Node(const Layout& layout, std::string rel, Role role)
+      : layout_(&layout), rel_(std::move(rel)), role_(role) {
+    paths_.reserve(layout.hierarchies.size());
+    for (const Hierarchy& h : layout.hierarchies) {
+      paths_.push_back(
+          absl::StrCat(h.root_path, rel_.empty() ? "" : "/", rel_));
+    }
   }
 
- private:
-  Node(const Layout& layout, absl::Span<const int> parent_dirs,
-       std::string name, std::string rel)
-      : layout_(&layout),
-        parent_dirs_(parent_dirs.begin(), parent_dirs.end()),
-        name_(std::move(name)),
-        rel_(std::move(rel)) {}
-
   const Layout* layout_;
-  std::vector<int> parent_dirs_;  // borrowed from the parent
-  std::string name_;              // e.g. "e3"
-  std::string rel_;               // e.g. "sb-7/e3"; "" for the root
-  size_t created_ = 0;            // hierarchies where mkdir succeeded
-  std::vector<UniqueFd> dirs_;    // root and group nodes only
-  std::vector<int> dirs_raw_;
-  std::vector<UniqueFd> procs_;  // O_WRONLY cgroup.procs, for joining
-  std::vector<int> procs_raw_;
-  std::array<UniqueFd, kNumFiles> files_;
+  std::string rel_;                 // e.g. "sb-7/e3"; "" for the root
+  std::vector<std::string> paths_;  // absolute directory, per hierarchy
+  Role role_;
+  size_t created_ = 0;                    // hierarchies where mkdir succeeded
+  std::array<UniqueFd, kNumFiles> held_;  // only between Hold and Unhold
   bool peak_resettable_ = true;
 };
 
-absl::StatusOr<std::unique_ptr<Node>> Node::Create(
-    const Layout& layout, absl::Span<const int> parent_dirs, std::string name,
-    std::string rel, Role role) {
-  std::unique_ptr<Node> node(
-      new Node(layout, parent_dirs, std::move(name), std::move(rel)));
-  const size_t n = layout.hierarchies.size();
+absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Layout& layout,
+                                                   std::string rel, Role role) {
+  std::unique_ptr<Node> node(new Node(layout, std::move(rel), role));
+  node->peak_resettable_ = layout.peak_writable;
   // Directories: on failure the Node's destructor removes those made so far.
-  std::vector<UniqueFd> dirs;
-  dirs.reserve(n);
-  for (size_t h = 0; h < n; ++h) {
-    if (mkdirat(parent_dirs[h], node->name_.c_str(), 0755) != 0) {
-      return ErrnoStatus(absl::StrCat("mkdir ", node->PathIn(h)));
+  for (size_t h = 0; h < layout.hierarchies.size(); ++h) {
+    if (mkdir(node->paths_[h].c_str(), 0755) != 0) {
+      return ErrnoStatus(absl::StrCat("mkdir ", node->paths_[h]));
     }
     node->created_ = h + 1;
-    UniqueFd dir(openat(parent_dirs[h], node->name_.c_str(),
-                        O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
-    if (!dir) return ErrnoStatus(absl::StrCat("open ", node->PathIn(h)));
-    dirs.push_back(std::move(dir));
   }
   // v2: controllers for the children, before any child exists.
   if (layout.version == CgroupVersion::kV2 && role == kRoleGroup) {
     std::string subtree = layout.SubtreeControl();
     if (!subtree.empty()) {
-      UniqueFd fd(openat(dirs[0].get(), "cgroup.subtree_control",
-                         O_WRONLY | O_CLOEXEC));
-      if (!fd || PwriteErrno(fd.get(), subtree) != 0) {
-        return ErrnoStatus(absl::StrCat("write '", subtree, "' to ",
-                                        node->PathIn(0),
-                                        "/cgroup.subtree_control"));
-      }
+      RETURN_IF_ERROR(WriteFile(
+          absl::StrCat(node->paths_[0], "/cgroup.subtree_control"), subtree));
     }
-  }
-  // Join fds: v1 processes live in groups (init) and slots; v2 in leaves.
-  const bool joinable = layout.version == CgroupVersion::kV1
-                            ? (role == kRoleGroup || role == kRoleSlot)
-                            : (role == kRoleInit || role == kRoleSlot);
-  if (joinable) {
-    for (size_t h = 0; h < n; ++h) {
-      UniqueFd fd(openat(dirs[h].get(), "cgroup.procs", O_WRONLY | O_CLOEXEC));
-      if (!fd) {
-        return ErrnoStatus(
-            absl::StrCat("open ", node->PathIn(h), "/cgroup.procs"));
-      }
-      node->procs_raw_.push_back(fd.get());
-      node->procs_.push_back(std::move(fd));
-    }
-  }
-  for (int f = 0; f < kNumFiles; ++f) {
-    const FileSpec& spec = (*layout.files)[f];
-    if (spec.name == nullptr || (spec.roles & role) == 0 ||
-        !layout.Has(spec.controller)) {
-      continue;
-    }
-    const int dir = dirs[layout.HierarchyFor(spec.controller)].get();
-    int flags = spec.flags | O_CLOEXEC;
-    int fd = openat(dir, spec.name, flags);
-    if (fd < 0 && errno == ENOENT && spec.fallback != nullptr) {
-      fd = openat(dir, spec.fallback, flags);
-    }
-    if (fd < 0 && (errno == EACCES || errno == EPERM) && f == kPeak) {
-      // memory.peak is read-only before Linux 6.12: no per-fd reset.
-      node->peak_resettable_ = false;
-      fd = openat(dir, spec.name, O_RDONLY | O_CLOEXEC);
-    }
-    if (fd < 0) {
-      if (errno == ENOENT && spec.optional) continue;
-      return ErrnoStatus(absl::StrCat(
-          "open ", node->PathIn(layout.HierarchyFor(spec.controller)), "/",
-          spec.name));
-    }
-    node->files_[f].Reset(fd);
-  }
-  if (role == kRoleRoot || role == kRoleGroup) {
-    for (UniqueFd& d : dirs) node->dirs_raw_.push_back(d.get());
-    node->dirs_ = std::move(dirs);
   }
   return node;
 }
 
 Node::~Node() {
-  for (UniqueFd& fd : files_) fd.Reset();
-  procs_.clear();
-  dirs_.clear();
+  Unhold();
   for (size_t h = 0; h < created_; ++h) {
-    if (absl::Status s = RemoveCgroupDir(parent_dirs_[h], name_); !s.ok()) {
-      DSEC_LOG_WARN("cgroup: removing {}: {}", PathIn(static_cast<int>(h)),
-                    s.ToString());
+    if (absl::Status s = RemoveCgroupDir(AT_FDCWD, paths_[h]); !s.ok()) {
+      DSEC_LOG_WARN("cgroup: removing {}: {}", paths_[h], s.ToString());
     }
   }
 }
 
 std::string Node::PathOf(File f) const {
   const FileSpec& spec = (*layout_->files)[f];
-  int h = layout_->HierarchyFor(spec.controller);
-  return absl::StrCat(PathIn(h < 0 ? 0 : h), "/", spec.name ? spec.name : "?");
+  const int h = layout_->HierarchyFor(spec.controller);
+  const char* name = layout_->file_names[f];
+  return absl::StrCat(PathIn(h < 0 ? 0 : h), "/",
+                      name ? name : (spec.name ? spec.name : "?"));
+}
+
+absl::Status Node::Hold(std::initializer_list<File> files) {
+  for (File f : files) {
+    if (!Has(f)) continue;
+    // memory.peak read-write where it takes resets, so Reset writes to it.
+    const int mode = f == kPeak && peak_resettable_ ? O_RDWR : O_RDONLY;
+    held_[f].Reset(open(PathOf(f).c_str(), mode | O_CLOEXEC));
+    if (!held_[f]) {
+      const absl::Status s = ErrnoStatus(absl::StrCat("open ", PathOf(f)));
+      Unhold();
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<UniqueFd>> Node::OpenProcsFds() const {
+  std::vector<UniqueFd> fds;
+  fds.reserve(paths_.size());
+  for (const std::string& dir : paths_) {
+    const std::string path = absl::StrCat(dir, "/cgroup.procs");
+    UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd) return ErrnoStatus(absl::StrCat("open ", path));
+    fds.push_back(std::move(fd));
+  }
+  return fds;
 }
 
 // ---- reading and writing a node's files
 // ---------------------------------------
+//
+// Every access opens the file by absolute path and closes it again: an idle
+// group holds no fd. cgroupfs lookups hit the dcache, so one open costs a
+// few microseconds.
 
 // A file's text (small files only), "" when the node lacks the file.
 absl::StatusOr<absl::string_view> ReadSmall(const Node& node, File f, char* buf,
                                             size_t cap) {
-  const int fd = node.fd(f);
-  if (fd < 0) return absl::string_view();
+  if (!node.Has(f)) return absl::string_view();
+  UniqueFd opened;
+  int fd = node.held_fd(f);
+  if (fd < 0) {
+    opened.Reset(open(node.PathOf(f).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!opened) return ErrnoStatus(absl::StrCat("open ", node.PathOf(f)));
+    fd = opened.get();
+  }
   ssize_t n = PreadSmall(fd, buf, cap);
   if (n < 0) {
     return ErrnoToStatus(static_cast<int>(-n),
@@ -508,16 +507,27 @@ absl::StatusOr<int64_t> ReadKeyed(const Node& node, File f,
 }
 
 absl::Status WriteNode(const Node& node, File f, absl::string_view value) {
-  const int fd = node.fd(f);
-  if (fd < 0) {
+  if (!node.Has(f)) {
     return absl::FailedPreconditionError(
         absl::StrCat(node.PathOf(f), " is not available on this host"));
   }
-  if (int err = PwriteErrno(fd, value); err != 0) {
-    return ErrnoToStatus(
-        err, absl::StrCat("write '", value, "' to ", node.PathOf(f)));
+  const std::string path = node.PathOf(f);
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(absl::StrCat("open ", path));
+  if (int err = PwriteErrno(fd.get(), value); err != 0) {
+    return ErrnoToStatus(err, absl::StrCat("write '", value, "' to ", path));
   }
   return absl::OkStatus();
+}
+
+// Best-effort write of `value` to `name` in the node's directory of
+// `controller` (files no Node method reads: swappiness, force_empty...).
+void WriteBestEffort(const Node& node, int controller, const char* name,
+                     absl::string_view value) {
+  const std::string path = absl::StrCat(
+      node.PathIn(node.layout().HierarchyFor(controller)), "/", name);
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd) (void)PwriteErrno(fd.get(), value);
 }
 
 absl::StatusOr<int64_t> ReadCpuNs(const Layout& layout, const Node& node) {
@@ -535,10 +545,10 @@ absl::StatusOr<int64_t> ReadPidsMaxEvents(const Node& node) {
 }
 
 absl::StatusOr<std::vector<pid_t>> ReadPids(const Node& node) {
-  // Opened afresh for every read: cgroup v1 builds the pid list of an open
-  // file once and keeps serving it (for about a second) on later reads from
-  // offset 0, so a kept fd would report processes that already died and
-  // miss new ones.
+  // Opened afresh for every read anyway: cgroup v1 builds the pid list of an
+  // open file once and keeps serving it (for about a second) on later reads
+  // from offset 0, so a kept fd would report processes that already died
+  // and miss new ones.
   const std::string path = node.PathOf(kProcsRead);
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
@@ -548,7 +558,7 @@ absl::StatusOr<std::vector<pid_t>> ReadPids(const Node& node) {
   auto text = PreadAll(fd.get());
   if (!text.ok()) {
     return ErrnoToStatus(StatusToErrno(text.status()),
-                         absl::StrCat("read ", node.PathOf(kProcsRead)));
+                         absl::StrCat("read ", path));
   }
   return ParsePidList(*text);
 }
@@ -625,7 +635,7 @@ absl::Status KillByEnumeration(const Layout& layout, const Node& freeze_node,
   if (pids.empty()) return absl::OkStatus();
 
   bool wrote_frozen = false;
-  if (freeze_node.fd(kFreezeState) >= 0) {
+  if (freeze_node.Has(kFreezeState)) {
     wrote_frozen = WriteFrozen(layout, freeze_node, true).ok();
     if (wrote_frozen) {
       if (absl::Status s = WaitFrozen(layout, freeze_node); !s.ok()) {
@@ -667,13 +677,22 @@ absl::Status KillSubtreeV2(const Layout& layout, const Node& node) {
       absl::StrCat("waiting for ", node.PathIn(0), " to empty"));
 }
 
-// Resets a node's memory high-water mark to its current usage.
+// Resets a node's memory high-water mark to its current usage. v1: writes 0
+// to max_usage_in_bytes (a reset for every reader). v2 (Linux >= 6.12): a
+// write resets only the peak seen through the fd written to, so only a node
+// holding its memory.peak fd (a held slot) can be reset; a group node keeps
+// no fd, and its peak on v2 is the peak since the directory was created, as
+// on older kernels.
 void ResetPeak(const Layout& layout, Node& node) {
-  if (node.fd(kPeak) < 0 || !node.peak_resettable()) return;
-  // v1: write 0 to max_usage_in_bytes. v2 (Linux >= 6.12): any write resets
-  // the peak seen through this fd.
-  int err = PwriteErrno(node.fd(kPeak),
-                        layout.version == CgroupVersion::kV1 ? "0" : "reset");
+  if (!node.Has(kPeak) || !node.peak_resettable()) return;
+  const bool v1 = layout.version == CgroupVersion::kV1;
+  int err = 0;
+  if (node.held_fd(kPeak) >= 0) {
+    err = PwriteErrno(node.held_fd(kPeak), v1 ? "0" : "reset");
+  } else if (v1) {
+    UniqueFd fd(open(node.PathOf(kPeak).c_str(), O_WRONLY | O_CLOEXEC));
+    err = fd ? PwriteErrno(fd.get(), "0") : errno;
+  }
   if (err != 0) {
     DSEC_LOG_DEBUG(
         "cgroup: {} cannot be reset ({}); reporting peak since "
@@ -690,11 +709,6 @@ class Tree {
  public:
   static absl::StatusOr<std::shared_ptr<Tree>> Create(Layout layout);
 
-  ~Tree() {
-    // root_ (declared last) goes first, then the parent fds it borrowed.
-    root_.reset();
-  }
-
   const Layout& layout() const { return layout_; }
   const Node& root() const { return *root_; }
 
@@ -702,9 +716,7 @@ class Tree {
   explicit Tree(Layout layout) : layout_(std::move(layout)) {}
 
   Layout layout_;
-  std::vector<UniqueFd> parent_dirs_;
-  std::vector<int> parent_raw_;
-  std::unique_ptr<Node> root_;
+  std::unique_ptr<Node> root_;  // borrows layout_
 };
 
 // v2: makes memory, pids and cpu available to children of `parent`. A
@@ -741,40 +753,61 @@ absl::Status EnableV2ControllersAt(const Layout& layout,
   return WriteFile(control, want);
 }
 
+// Resolves which of each FileSpec's names exists on this host, in the new
+// manager root (every cgroup below it has the same files), so later
+// accesses open the right name at once.
+absl::Status ResolveFileNames(Layout& l, const Node& root) {
+  for (int f = 0; f < kNumFiles; ++f) {
+    const FileSpec& spec = (*l.files)[f];
+    l.file_names[f] = nullptr;
+    if (spec.name == nullptr || !l.Has(spec.controller)) continue;
+    const std::string& dir = root.PathIn(l.HierarchyFor(spec.controller));
+    for (const char* name : {spec.name, spec.fallback}) {
+      if (name == nullptr) continue;
+      if (access(absl::StrCat(dir, "/", name).c_str(), F_OK) == 0) {
+        l.file_names[f] = name;
+        break;
+      }
+    }
+    if (l.file_names[f] == nullptr && !spec.optional) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(dir, "/", spec.name, " does not exist"));
+    }
+  }
+  if (l.file_names[kPeak] != nullptr) {
+    // memory.peak is read-only before Linux 6.12: no per-fd reset.
+    const std::string peak =
+        absl::StrCat(root.PathIn(l.HierarchyFor((*l.files)[kPeak].controller)),
+                     "/", l.file_names[kPeak]);
+    UniqueFd fd(open(peak.c_str(), O_WRONLY | O_CLOEXEC));
+    l.peak_writable = fd.valid() || (errno != EACCES && errno != EPERM);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<Tree>> Tree::Create(Layout layout) {
   std::shared_ptr<Tree> tree(new Tree(std::move(layout)));
-  const Layout& l = tree->layout_;
-  for (const Hierarchy& h : l.hierarchies) {
-    UniqueFd fd(
-        open(h.parent_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!fd) return ErrnoStatus(absl::StrCat("open ", h.parent_path));
-    tree->parent_raw_.push_back(fd.get());
-    tree->parent_dirs_.push_back(std::move(fd));
-  }
+  Layout& l = tree->layout_;
   if (l.version == CgroupVersion::kV2) {
     RETURN_IF_ERROR(EnableV2ControllersAt(l, l.hierarchies[0].parent_path));
   }
-  auto root = Node::Create(l, tree->parent_raw_, l.root_name, "", kRoleRoot);
+  auto root = Node::Create(l, "", kRoleRoot);
   if (!root.ok() && StatusToErrno(root.status()) == EEXIST) {
     // Left by an earlier run with the same name that died: remove what is
     // empty of it and try once more.
-    for (size_t h = 0; h < l.hierarchies.size(); ++h) {
-      (void)RemoveCgroupDir(tree->parent_raw_[h], l.root_name);
+    for (const Hierarchy& h : l.hierarchies) {
+      (void)RemoveCgroupDir(AT_FDCWD, h.root_path);
     }
-    root = Node::Create(l, tree->parent_raw_, l.root_name, "", kRoleRoot);
+    root = Node::Create(l, "", kRoleRoot);
   }
   if (!root.ok()) return root.status();
   tree->root_ = std::move(root).value();
   const Node& r = *tree->root_;
+  RETURN_IF_ERROR(ResolveFileNames(l, r));
   if (l.version == CgroupVersion::kV1) {
     // Hierarchical memory accounting (always on since Linux 5.x; older
     // kernels accept the write only before children exist).
-    int fd = openat(r.dirs()[l.hierarchy_of[kMemory]], "memory.use_hierarchy",
-                    O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      (void)PwriteErrno(fd, "1");
-      close(fd);
-    }
+    WriteBestEffort(r, kMemory, "memory.use_hierarchy", "1");
   } else {
     std::string want = l.SubtreeControl();
     if (!want.empty()) {
@@ -803,8 +836,8 @@ class SlotImpl final : public ExecSlot {
   SlotImpl(SandboxCgroupImpl* group, std::unique_ptr<Node> node)
       : group_(group), node_(std::move(node)) {}
 
-  absl::Span<const int> procs_fds() const override {
-    return node_->procs_fds();
+  absl::StatusOr<std::vector<UniqueFd>> OpenProcsFds() const override {
+    return node_->OpenProcsFds();
   }
   absl::StatusOr<CgroupStats> Stats() const override;
   absl::StatusOr<int> CountProcesses() const override;
@@ -812,6 +845,8 @@ class SlotImpl final : public ExecSlot {
 
   // Starts a new use: peak reset, counters baselined.
   absl::Status Reset();
+  // Ends a use: closes the fds Reset opened.
+  void EndUse() { node_->Unhold(); }
 
   const Node& node() const { return *node_; }
   Node& node() { return *node_; }
@@ -831,12 +866,13 @@ class SandboxCgroupImpl final : public SandboxCgroup {
   // Kills what is left; members then rmdir slots, init and the group.
   ~SandboxCgroupImpl() override;
 
-  absl::Span<const int> init_procs_fds() const override {
-    return init_ ? init_->procs_fds() : sb_->procs_fds();
+  absl::StatusOr<std::vector<UniqueFd>> OpenInitProcsFds() const override {
+    return init_ ? init_->OpenProcsFds() : sb_->OpenProcsFds();
   }
   absl::StatusOr<ExecSlot*> AcquireSlot() override;
   void ReleaseSlot(ExecSlot* slot) override;
   absl::StatusOr<CgroupStats> Stats() const override;
+  absl::StatusOr<CgroupStats> EventStats() const override;
   absl::Status Freeze() override;
   absl::Status Thaw() override;
   absl::Status KillAll() override;
@@ -881,33 +917,23 @@ absl::StatusOr<std::unique_ptr<SandboxCgroupImpl>> SandboxCgroupImpl::Create(
   std::unique_ptr<SandboxCgroupImpl> g(
       new SandboxCgroupImpl(std::move(tree), name));
   const Layout& l = g->layout_;
-  ASSIGN_OR_RETURN(
-      g->sb_, Node::Create(l, g->tree_->root().dirs(), name, name, kRoleGroup));
+  ASSIGN_OR_RETURN(g->sb_, Node::Create(l, name, kRoleGroup));
   const Node& sb = *g->sb_;
   if (l.version == CgroupVersion::kV1) {
     if (l.Has(kMemory)) {
       // Best effort: fails where the kernel has no swap support at all.
-      int fd = openat(sb.dirs()[l.hierarchy_of[kMemory]], "memory.swappiness",
-                      O_WRONLY | O_CLOEXEC);
-      if (fd >= 0) {
-        (void)PwriteErrno(fd, "0");
-        close(fd);
-      }
+      WriteBestEffort(sb, kMemory, "memory.swappiness", "0");
     }
     if (l.Has(kCpu)) {
       char buf[24];
-      UniqueFd fd(openat(sb.dirs()[l.hierarchy_of[kCpu]], "cpu.cfs_period_us",
-                         O_WRONLY | O_CLOEXEC));
-      if (!fd || PwriteErrno(fd.get(), FormatInt(kCpuPeriodUs, buf)) != 0) {
-        return ErrnoStatus(absl::StrCat("set cpu.cfs_period_us of ",
-                                        sb.PathIn(l.hierarchy_of[kCpu])));
-      }
+      RETURN_IF_ERROR(WriteFile(
+          absl::StrCat(sb.PathIn(l.hierarchy_of[kCpu]), "/cpu.cfs_period_us"),
+          FormatInt(kCpuPeriodUs, buf)));
     }
   } else {
-    if (sb.fd(kSwapLimit) >= 0) RETURN_IF_ERROR(WriteNode(sb, kSwapLimit, "0"));
+    if (sb.Has(kSwapLimit)) RETURN_IF_ERROR(WriteNode(sb, kSwapLimit, "0"));
     ASSIGN_OR_RETURN(g->init_,
-                     Node::Create(l, sb.dirs(), "init",
-                                  absl::StrCat(name, "/init"), kRoleInit));
+                     Node::Create(l, absl::StrCat(name, "/init"), kRoleInit));
   }
   {
     absl::MutexLock lock(&g->mu_);
@@ -929,9 +955,9 @@ SandboxCgroupImpl::~SandboxCgroupImpl() {
 absl::StatusOr<SlotImpl*> SandboxCgroupImpl::NewSlotLocked() {
   const size_t k = slots_.size();
   std::string name = absl::StrCat("e", k);
-  ASSIGN_OR_RETURN(std::unique_ptr<Node> node,
-                   Node::Create(layout_, sb_->dirs(), name,
-                                absl::StrCat(name_, "/", name), kRoleSlot));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<Node> node,
+      Node::Create(layout_, absl::StrCat(name_, "/", name), kRoleSlot));
   slots_.push_back(std::make_unique<SlotImpl>(this, std::move(node)));
   return slots_.back().get();
 }
@@ -972,7 +998,7 @@ absl::Status SandboxCgroupImpl::ApplyLimits(const CgroupLimits& limits) {
         limits.memory_bytes > 0 ? limits.memory_bytes : kUnlimited;
     absl::string_view text =
         limits.memory_bytes > 0 ? FormatInt(mem, buf) : (v1 ? "-1" : "max");
-    if (v1 && sb.fd(kSwapLimit) >= 0) {
+    if (v1 && sb.Has(kSwapLimit)) {
       // memory.limit <= memsw.limit must hold after each write.
       if (mem > mem_limit_) {
         RETURN_IF_ERROR(WriteNode(sb, kSwapLimit, text));
@@ -1036,7 +1062,10 @@ absl::StatusOr<ExecSlot*> SandboxCgroupImpl::AcquireSlot() {
   if (chosen == nullptr) {
     ASSIGN_OR_RETURN(chosen, NewSlotLocked());
   }
-  RETURN_IF_ERROR(chosen->Reset());
+  if (absl::Status s = chosen->Reset(); !s.ok()) {
+    chosen->EndUse();
+    return s;
+  }
   chosen->state = SlotImpl::State::kHeld;
   return chosen;
 }
@@ -1046,6 +1075,7 @@ void SandboxCgroupImpl::ReleaseSlot(ExecSlot* slot) {
   absl::MutexLock lock(&mu_);
   for (auto& s : slots_) {
     if (s.get() != slot) continue;
+    s->EndUse();
     absl::StatusOr<bool> busy = HasProcesses(layout_, s->node());
     s->state = busy.ok() && !*busy ? SlotImpl::State::kFree
                                    : SlotImpl::State::kDraining;
@@ -1061,8 +1091,17 @@ absl::StatusOr<CgroupStats> SandboxCgroupImpl::Stats() const {
   ASSIGN_OR_RETURN(st.memory_current_bytes, ReadValue(sb, kCurrent));
   ASSIGN_OR_RETURN(st.pids_current, ReadValue(sb, kPidsCurrent));
   ASSIGN_OR_RETURN(int64_t cpu, ReadCpuNs(layout_, sb));
+  ASSIGN_OR_RETURN(CgroupStats events, EventStats());
+  st.oom_kills = events.oom_kills;
+  st.pids_max_events = events.pids_max_events;
   absl::MutexLock lock(&mu_);
   st.cpu_usage_ns = cpu - base_.cpu_ns;
+  return st;
+}
+
+absl::StatusOr<CgroupStats> SandboxCgroupImpl::EventStats() const {
+  CgroupStats st;
+  absl::MutexLock lock(&mu_);
   int64_t oom = 0, forks = 0;
   for (const Node* n : ProcessNodesLocked()) {
     ASSIGN_OR_RETURN(int64_t o, ReadOomKills(*n));
@@ -1089,7 +1128,7 @@ absl::Status SandboxCgroupImpl::Thaw() {
 
 absl::Status SandboxCgroupImpl::KillAll() {
   absl::Status s;
-  if (layout_.version == CgroupVersion::kV2 && sb_->fd(kKill) >= 0) {
+  if (layout_.version == CgroupVersion::kV2 && sb_->Has(kKill)) {
     s = KillSubtreeV2(layout_, *sb_);
   } else {
     std::vector<const Node*> nodes;
@@ -1121,15 +1160,10 @@ absl::Status SandboxCgroupImpl::ResetForReuse() {
     absl::StatusOr<int64_t> usage = ReadValue(*sb_, kCurrent);
     if (usage.ok() && *usage > kReclaimThreshold) {
       const bool v1 = layout_.version == CgroupVersion::kV1;
-      int fd = openat(sb_->dirs()[layout_.hierarchy_of[kMemory]],
+      char buf[24];
+      WriteBestEffort(*sb_, kMemory,
                       v1 ? "memory.force_empty" : "memory.reclaim",
-                      O_WRONLY | O_CLOEXEC);
-      if (fd >= 0) {
-        char buf[24];
-        (void)PwriteErrno(fd,
-                          v1 ? absl::string_view("0") : FormatInt(*usage, buf));
-        close(fd);
-      }
+                      v1 ? absl::string_view("0") : FormatInt(*usage, buf));
     }
   }
   return Rebaseline();
@@ -1146,6 +1180,9 @@ std::string SandboxCgroupImpl::PathFor(const std::string& controller) const {
 
 absl::Status SlotImpl::Reset() {
   const Layout& l = group_->layout();
+  node_->Unhold();
+  RETURN_IF_ERROR(node_->Hold(
+      {kPeak, kCurrent, kCpuUsage, kOomEvents, kPidsEvents, kPidsCurrent}));
   ResetPeak(l, *node_);
   Baseline b;
   ASSIGN_OR_RETURN(b.cpu_ns, ReadCpuNs(l, *node_));
@@ -1177,7 +1214,7 @@ absl::StatusOr<int> SlotImpl::CountProcesses() const {
 
 absl::Status SlotImpl::KillAll() {
   const Layout& l = group_->layout();
-  if (l.version == CgroupVersion::kV2 && node_->fd(kKill) >= 0) {
+  if (l.version == CgroupVersion::kV2 && node_->Has(kKill)) {
     return KillSubtreeV2(l, *node_);
   }
   if (l.version == CgroupVersion::kV1 && group_->frozen()) {
@@ -1330,19 +1367,6 @@ class CgroupManagerImpl final : public CgroupManager {
 // ---- detection
 // -----------------------------------------------------------------
 
-// At most a quarter of the fd budget goes to pooled groups.
-int PoolCap(const Layout& layout) {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
-    return kMaxPool;
-  }
-  const int h = static_cast<int>(layout.hierarchies.size());
-  // group: dirs + procs + files; e0: procs + files; init (v2): procs + 2.
-  const int per_group = 3 * h + 2 * kNumFiles + 4;
-  const int64_t cap = static_cast<int64_t>(rl.rlim_cur) / 4 / per_group;
-  return static_cast<int>(std::clamp<int64_t>(cap, 1, kMaxPool));
-}
-
 absl::StatusOr<Layout> DetectLayout(const CgroupManagerOptions& options,
                                     const CreateKnobs& knobs) {
   ASSIGN_OR_RETURN(std::string mountinfo_text,
@@ -1448,10 +1472,9 @@ absl::StatusOr<std::unique_ptr<CgroupManager>> CreateCgroupManager(
     return absl::InvalidArgumentError("pool_target must not be negative");
   }
   ASSIGN_OR_RETURN(Layout layout, DetectLayout(options, knobs));
-  const int cap = PoolCap(layout);
   ASSIGN_OR_RETURN(std::shared_ptr<Tree> tree, Tree::Create(std::move(layout)));
   return std::unique_ptr<CgroupManager>(
-      new CgroupManagerImpl(std::move(tree), cap, options.pool_target));
+      new CgroupManagerImpl(std::move(tree), kMaxPool, options.pool_target));
 }
 
 }  // namespace cgroup_internal

@@ -16,9 +16,14 @@
 // the next Acquire(), so the launch path does no mkdir/rmdir.
 //
 // Joining is done by the process itself: a child writes "0" to each fd of
-// procs_fds() (opened O_WRONLY by the host, passed across namespaces) before
-// execve. That keeps the host out of the launch path and needs no pid
-// translation.
+// OpenProcsFds() (opened O_WRONLY by the host for that one join, passed
+// across namespaces, closed by the caller afterwards) before execve. That
+// keeps the host out of the launch path and needs no pid translation.
+//
+// Fds: groups and slots hold no file descriptors while idle or pooled;
+// every access opens the cgroup file by path and closes it. A held slot
+// keeps its counter files open (at most six fds) until ReleaseSlot, so an
+// exec's stats are cheap and v2's per-fd memory.peak reset applies.
 //
 // Thread-safety: CgroupManager is thread-safe. A SandboxCgroup is used by one
 // owner at a time (the Sandbox), but its slot methods may be called from
@@ -33,7 +38,6 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "common/unique_fd.h"
 
 namespace dsec::sandbox {
@@ -62,9 +66,10 @@ class CgroupManager;
 class ExecSlot {
  public:
   virtual ~ExecSlot() = default;
-  // Fds a process writes "0" to in order to join this slot (one per v1
-  // hierarchy, one on v2). Valid while the slot is held.
-  virtual absl::Span<const int> procs_fds() const = 0;
+  // Opens the fds a process writes "0" to in order to join this slot (one
+  // per v1 hierarchy, in hierarchy order; one on v2). The caller owns them
+  // and closes them once the process has joined (or the fds were passed on).
+  virtual absl::StatusOr<std::vector<UniqueFd>> OpenProcsFds() const = 0;
   // Memory peak, CPU usage etc. of the slot since it was acquired.
   virtual absl::StatusOr<CgroupStats> Stats() const = 0;
   // Number of live processes in the slot.
@@ -79,8 +84,9 @@ class SandboxCgroup {
  public:
   virtual ~SandboxCgroup() = default;
 
-  // Fds through which PID 1 of the sandbox joins the group (v2: init/).
-  virtual absl::Span<const int> init_procs_fds() const = 0;
+  // Opens the fds through which PID 1 of the sandbox joins the group (v2:
+  // init/); owned by the caller, as ExecSlot::OpenProcsFds.
+  virtual absl::StatusOr<std::vector<UniqueFd>> OpenInitProcsFds() const = 0;
 
   // A slot with no processes in it, its counters reset. A slot is returned
   // to the free list by ReleaseSlot once the exec is over; a slot still
@@ -89,8 +95,14 @@ class SandboxCgroup {
   virtual absl::StatusOr<ExecSlot*> AcquireSlot() = 0;
   virtual void ReleaseSlot(ExecSlot* slot) = 0;
 
-  // Whole-sandbox counters (limits apply here).
+  // Whole-sandbox counters (limits apply here). On cgroup v2 the group's
+  // memory peak is the peak since the group's directory was created (a
+  // pooled group's may come from an earlier sandbox): keeping the fd a
+  // per-fd reset needs would cost every idle sandbox a descriptor.
   virtual absl::StatusOr<CgroupStats> Stats() const = 0;
+  // Only oom_kills and pids_max_events of Stats() (the rest 0): fewer files
+  // to read, for an exec's before/after comparison.
+  virtual absl::StatusOr<CgroupStats> EventStats() const = 0;
 
   // Freeze / thaw every process of the sandbox. Freeze returns once the
   // kernel reports the group frozen (bounded wait).

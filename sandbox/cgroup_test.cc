@@ -19,11 +19,13 @@
 #include <vector>
 
 #include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_util.h"
+#include "common/unique_fd.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "sandbox/cgroup_internal.h"
@@ -264,14 +266,20 @@ TEST(CgroupParse, CountersPidsAndTokens) {
 
 // Forks a child that joins the cgroup through `fds`, then runs `body` and
 // exits with its result. Returns once the child is in the cgroup.
-pid_t SpawnJoined(absl::Span<const int> fds, absl::FunctionRef<int()> body) {
+// `fds`: from OpenProcsFds(); closed by the caller's temporary afterwards.
+pid_t SpawnJoined(const absl::StatusOr<std::vector<UniqueFd>>& fds,
+                  absl::FunctionRef<int()> body) {
+  if (!fds.ok()) {
+    ADD_FAILURE() << "opening procs fds: " << fds.status();
+    return -1;
+  }
   int ready[2];
   if (pipe2(ready, O_CLOEXEC) != 0) return -1;
   pid_t pid = fork();
   if (pid == 0) {
     close(ready[0]);
-    for (int fd : fds) {
-      if (write(fd, "0", 1) != 1) _exit(120);
+    for (const UniqueFd& fd : *fds) {
+      if (write(fd.get(), "0", 1) != 1) _exit(120);
     }
     char c = 1;
     if (write(ready[1], &c, 1) != 1) _exit(121);
@@ -368,10 +376,10 @@ TEST_F(CgroupTest, CreatesTreeInEveryHierarchy) {
       EXPECT_TRUE(Exists(path + "/e0")) << path;
     }
     // One per hierarchy: 5 here, 4 where cpu,cpuacct are co-mounted.
-    EXPECT_GE(group->init_procs_fds().size(), 4u);
+    EXPECT_GE(group->OpenInitProcsFds()->size(), 4u);
   } else {
     EXPECT_TRUE(Exists(group->PathFor("memory") + "/init"));
-    EXPECT_EQ(group->init_procs_fds().size(), 1u);
+    EXPECT_EQ(group->OpenInitProcsFds()->size(), 1u);
   }
   EXPECT_EQ(group->PathFor("no-such-controller").empty(),
             manager->version() == CgroupVersion::kV1);
@@ -384,7 +392,7 @@ TEST_F(CgroupTest, MemoryLimitOomKillsAndCounts) {
                        manager->Acquire({.memory_bytes = 32 * kMiB}));
   ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
   pid_t pid =
-      SpawnJoined(slot->procs_fds(), [] { return TouchMemory(256 * kMiB); });
+      SpawnJoined(slot->OpenProcsFds(), [] { return TouchMemory(256 * kMiB); });
   int status = WaitStatus(pid);
   ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << status;
   EXPECT_EQ(WTERMSIG(status), SIGKILL);
@@ -410,7 +418,7 @@ TEST_F(CgroupTest, PidsLimitRefusesForkWithEagain) {
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({.pids = 4}));
   ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
   // Exits with the errno of the first refused fork (0: none refused).
-  pid_t pid = SpawnJoined(slot->procs_fds(), [] {
+  pid_t pid = SpawnJoined(slot->OpenProcsFds(), [] {
     for (int i = 0; i < 16; ++i) {
       pid_t c = fork();
       if (c < 0) return errno;
@@ -441,7 +449,7 @@ TEST_F(CgroupTest, SlotKillAllKillsDoubleForkedDaemon) {
   ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
   int pipefd[2];
   ASSERT_EQ(pipe(pipefd), 0);
-  pid_t pid = SpawnJoined(slot->procs_fds(), [&] {
+  pid_t pid = SpawnJoined(slot->OpenProcsFds(), [&] {
     if (fork() == 0) {
       setsid();
       if (fork() == 0) {
@@ -478,9 +486,9 @@ TEST_F(CgroupTest, GroupKillAllKillsInitAndEverySlot) {
   ASSERT_OK_AND_ASSIGN(ExecSlot * a, group->AcquireSlot());
   ASSERT_OK_AND_ASSIGN(ExecSlot * b, group->AcquireSlot());
   EXPECT_NE(a, b);
-  pid_t init = SpawnJoined(group->init_procs_fds(), [] { return Spin(); });
-  pid_t pa = SpawnJoined(a->procs_fds(), [] { return Spin(); });
-  pid_t pb = SpawnJoined(b->procs_fds(), [] { return Spin(); });
+  pid_t init = SpawnJoined(group->OpenInitProcsFds(), [] { return Spin(); });
+  pid_t pa = SpawnJoined(a->OpenProcsFds(), [] { return Spin(); });
+  pid_t pb = SpawnJoined(b->OpenProcsFds(), [] { return Spin(); });
   // Wait until all have joined.
   for (int i = 0; i < 1000; ++i) {
     if (*a->CountProcesses() == 1 && *b->CountProcesses() == 1) break;
@@ -505,7 +513,7 @@ TEST_F(CgroupTest, FreezeStopsProgressAndThawResumes) {
            -1, 0));
   ASSERT_NE(counter, MAP_FAILED);
   counter->store(0);
-  pid_t pid = SpawnJoined(slot->procs_fds(), [&] {
+  pid_t pid = SpawnJoined(slot->OpenProcsFds(), [&] {
     while (true) counter->fetch_add(1, std::memory_order_relaxed);
     return 0;
   });
@@ -530,13 +538,13 @@ TEST_F(CgroupTest, KillAllOfFrozenGroupKillsAndThaws) {
   ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({}));
   ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
-  pid_t pid = SpawnJoined(slot->procs_fds(), [] { return Spin(); });
+  pid_t pid = SpawnJoined(slot->OpenProcsFds(), [] { return Spin(); });
   while (*slot->CountProcesses() == 0) absl::SleepFor(absl::Milliseconds(1));
   ASSERT_OK(group->Freeze());
   ASSERT_OK(group->KillAll());
   EXPECT_TRUE(WIFSIGNALED(WaitStatus(pid)));
   // Thawed again: a new process runs.
-  pid = SpawnJoined(slot->procs_fds(), [] { return 7; });
+  pid = SpawnJoined(slot->OpenProcsFds(), [] { return 7; });
   int status = WaitStatus(pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7);
 }
@@ -546,7 +554,7 @@ TEST_F(CgroupTest, CpuQuotaThrottlesSpinner) {
   ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({.cpu_millicores = 100}));
   ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
-  pid_t pid = SpawnJoined(slot->procs_fds(), [] { return Spin(); });
+  pid_t pid = SpawnJoined(slot->OpenProcsFds(), [] { return Spin(); });
   absl::SleepFor(absl::Seconds(1));
   ASSERT_OK_AND_ASSIGN(CgroupStats slot_stats, slot->Stats());
   ASSERT_OK_AND_ASSIGN(CgroupStats stats, group->Stats());
@@ -568,7 +576,7 @@ TEST_F(CgroupTest, SlotPeakReflectsTouchedMemoryAndResets) {
                        manager->Acquire({.memory_bytes = 512 * kMiB}));
   ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
   pid_t pid =
-      SpawnJoined(slot->procs_fds(), [] { return TouchMemory(64 * kMiB); });
+      SpawnJoined(slot->OpenProcsFds(), [] { return TouchMemory(64 * kMiB); });
   int status = WaitStatus(pid);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   ASSERT_OK_AND_ASSIGN(CgroupStats stats, slot->Stats());
@@ -592,7 +600,7 @@ TEST_F(CgroupTest, AcquireSlotSkipsSlotWithDaemonUntilItEmpties) {
   ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({}));
   ASSERT_OK_AND_ASSIGN(ExecSlot * first, group->AcquireSlot());
-  pid_t daemon = SpawnJoined(first->procs_fds(), [] { return Spin(); });
+  pid_t daemon = SpawnJoined(first->OpenProcsFds(), [] { return Spin(); });
   while (*first->CountProcesses() == 0) absl::SleepFor(absl::Milliseconds(1));
   group->ReleaseSlot(first);  // still holds the daemon
 
@@ -621,7 +629,7 @@ TEST_F(CgroupTest, ReleaseThenAcquireReusesPooledGroup) {
   const std::string root = Parent(path);
   ASSERT_OK_AND_ASSIGN(ExecSlot * s0, group->AcquireSlot());
   ASSERT_OK_AND_ASSIGN(ExecSlot * s1, group->AcquireSlot());
-  pid_t pid = SpawnJoined(s1->procs_fds(), [] { return Spin(); });
+  pid_t pid = SpawnJoined(s1->OpenProcsFds(), [] { return Spin(); });
   (void)s0;
   EXPECT_EQ(manager->PooledForTesting(), 0);
 
@@ -676,7 +684,7 @@ TEST_F(CgroupTest, DestructorRemovesAllDirectories) {
     ASSERT_OK_AND_ASSIGN(ExecSlot * slot, kept->AcquireSlot());
     ASSERT_OK_AND_ASSIGN(ExecSlot * slot2, kept->AcquireSlot());
     (void)slot2;
-    pid = SpawnJoined(slot->procs_fds(), [] { return Spin(); });
+    pid = SpawnJoined(slot->OpenProcsFds(), [] { return Spin(); });
     manager->Release(std::move(released));
     // `kept` is destroyed with its running process, then the manager.
   }
@@ -695,7 +703,9 @@ TEST_F(CgroupTest, GroupOutlivingManagerStillCleansUp) {
   }
   EXPECT_TRUE(Exists(root));
   ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
-  EXPECT_FALSE(slot->procs_fds().empty());
+  ASSERT_OK_AND_ASSIGN(std::vector<UniqueFd> fds, slot->OpenProcsFds());
+  EXPECT_FALSE(fds.empty());
+  fds.clear();
   group.reset();
   EXPECT_FALSE(Exists(root));
 }
@@ -724,6 +734,29 @@ TEST_F(CgroupTest, AcquireReleaseCyclesLeakNoFds) {
   for (int i = 1; i <= 200; ++i) cycle(i);
   EXPECT_EQ(CountFds(), before);
   EXPECT_EQ(manager->PooledForTesting(), 1);
+}
+
+// Groups and slots open their files per access: a process holding
+// thousands of idle sandboxes must not hold a descriptor per cgroup file
+// (RLIMIT_NOFILE, and clone() copying the fd table).
+TEST_F(CgroupTest, IdleGroupsHoldNoFds) {
+  DSEC_REQUIRE_HOST_FEATURE(CgroupsAvailable(), "cgroups (root)");
+  ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
+  const int before = CountFds();
+  std::vector<std::unique_ptr<SandboxCgroup>> groups;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_OK_AND_ASSIGN(
+        auto group, manager->Acquire({.memory_bytes = 64 * kMiB, .pids = 50}));
+    ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
+    ASSERT_OK(slot->Stats());
+    group->ReleaseSlot(slot);
+    ASSERT_OK(group->Stats());
+    groups.push_back(std::move(group));
+  }
+  EXPECT_EQ(CountFds(), before);
+  for (auto& g : groups) manager->Release(std::move(g));
+  EXPECT_EQ(CountFds(), before);
+  EXPECT_EQ(manager->PooledForTesting(), 20);
 }
 
 TEST_F(CgroupTest, AcquireReleaseTiming) {
@@ -789,7 +822,7 @@ TEST_F(CgroupTest, V2CoreOnControllerlessHierarchy) {
   const std::string root = Parent(path);
   EXPECT_TRUE(Exists(path + "/init"));
   EXPECT_TRUE(Exists(path + "/e0"));
-  ASSERT_EQ(group->init_procs_fds().size(), 1u);
+  ASSERT_EQ(group->OpenInitProcsFds()->size(), 1u);
 
   // Freeze and thaw through cgroup.freeze.
   auto* counter = static_cast<std::atomic<uint64_t>*>(
@@ -797,7 +830,7 @@ TEST_F(CgroupTest, V2CoreOnControllerlessHierarchy) {
            -1, 0));
   ASSERT_NE(counter, MAP_FAILED);
   counter->store(0);
-  pid_t init = SpawnJoined(group->init_procs_fds(), [&] {
+  pid_t init = SpawnJoined(group->OpenInitProcsFds(), [&] {
     while (true) counter->fetch_add(1, std::memory_order_relaxed);
     return 0;
   });
@@ -810,7 +843,7 @@ TEST_F(CgroupTest, V2CoreOnControllerlessHierarchy) {
 
   // A double-forked daemon in a slot dies by cgroup.kill.
   ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
-  pid_t pid = SpawnJoined(slot->procs_fds(), [] {
+  pid_t pid = SpawnJoined(slot->OpenProcsFds(), [] {
     if (fork() == 0) {
       setsid();
       if (fork() == 0) Spin();

@@ -4,6 +4,8 @@
 //   - starts execs on request from the host (see init_protocol.h): fork,
 //     join the exec's cgroup slot, set up stdio, rlimit, cwd, execve;
 //   - reports start, exec failure and exit status with rusage per exec;
+//   - holds the fds of the sandbox's root and writable-layer tmpfs and hands
+//     duplicates to the host on request (the host keeps none while idle);
 //   - exits when the host closes the control socket, which makes the kernel
 //     kill everything else in the namespace.
 // It runs with no capabilities, no_new_privs and the sandbox's seccomp
@@ -207,6 +209,15 @@ void ReapChildren() {
   }
 }
 
+// Sends duplicates of the layer fds over `reply_fd` (best effort).
+void SendLayerFds(int reply_fd) {
+  InitReply reply{};
+  reply.type = ReplyType::kLayerFds;
+  const int fds[2] = {kDiskFd, kRootFd};
+  iovec iov{&reply, sizeof(reply)};
+  (void)SendWithFds(reply_fd, &iov, 1, fds, 2);
+}
+
 // Reads one request; false when the host has gone.
 bool HandleControl() {
   int fds[4 + kMaxSlotFds];
@@ -246,6 +257,11 @@ bool HandleControl() {
     }
     return true;
   }
+  if (req.type == RequestType::kLayerFds) {
+    if (nfds == 1) SendLayerFds(fds[0]);
+    CloseFds(fds, nfds);
+    return true;
+  }
   if (req.type != RequestType::kExec || nfds < 4 ||
       static_cast<size_t>(n) != sizeof(req) + req.payload_len ||
       req.slot_fd_count > kMaxSlotFds) {
@@ -263,7 +279,14 @@ bool HandleControl() {
 }
 
 int Main() {
-  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  // Not dumpable: sandboxed code (same uid, no capabilities) can then
+  // neither ptrace init nor open its fds (kDiskFd, kRootFd) via /proc/1/fd.
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return 1;
+  // The launcher passes the layer fds inheritable; no exec may get them.
+  if (fcntl(kDiskFd, F_SETFD, FD_CLOEXEC) != 0 ||
+      fcntl(kRootFd, F_SETFD, FD_CLOEXEC) != 0) {
+    return 1;
+  }
   // Start from default dispositions whatever the launcher had ignored, so
   // user code sees a normal process environment.
   for (int sig = 1; sig < NSIG; ++sig) {

@@ -122,6 +122,10 @@ absl::StatusOr<std::unique_ptr<SafeRoot>> SafeRoot::Open(
   return std::unique_ptr<SafeRoot>(new SafeRoot(std::move(fd)));
 }
 
+std::unique_ptr<SafeRoot> SafeRoot::Adopt(UniqueFd root_dir) {
+  return std::unique_ptr<SafeRoot>(new SafeRoot(std::move(root_dir)));
+}
+
 absl::StatusOr<UniqueFd> SafeRoot::OpenForRead(absl::string_view path) const {
   RETURN_IF_ERROR(ValidatePath(path));
   std::string p(path);

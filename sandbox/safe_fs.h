@@ -51,6 +51,9 @@ class SafeRoot {
   // Opens `root_dir` (O_PATH | O_DIRECTORY). NOT_FOUND if missing.
   static absl::StatusOr<std::unique_ptr<SafeRoot>> Open(
       absl::string_view root_dir);
+  // Takes ownership of an fd of the root directory (O_PATH is enough).
+  // REQUIRES: root_dir is a valid directory fd.
+  static std::unique_ptr<SafeRoot> Adopt(UniqueFd root_dir);
 
   // Errors: INVALID_ARGUMENT (empty path, NUL byte, path > PATH_MAX),
   // NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (is a directory / not

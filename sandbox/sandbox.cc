@@ -11,8 +11,10 @@
 //     (tmpfs upper + overlay, host binds, /proc, /dev), pivots, enters the
 //     cgroup namespace and then the shared sandbox user namespace, becomes
 //     uid 0 there (an unprivileged host uid), drops every capability, sets
-//     no_new_privs, reports ready with fds of its writable layer and root,
-//     installs seccomp last and execs dsec-init as PID 1.
+//     no_new_privs, leaves fds of its writable layer and root at fixed
+//     numbers for dsec-init (which hands them to the host on request; the
+//     host keeps none), reports ready, installs seccomp last and execs
+//     dsec-init as PID 1.
 //   - Any failing step writes {step, errno} to the control socket and
 //     exits; the parent turns it into a Status naming the step.
 #include "sandbox/sandbox.h"
@@ -193,10 +195,15 @@ struct LaunchPlan {
   const SeccompProgram* seccomp = nullptr;
 };
 
-[[noreturn]] void ChildFail(const LaunchPlan& p, Step step) {
+// Reports `step` failed (with errno) on `control_fd` and exits.
+[[noreturn]] void ChildFailOn(int control_fd, Step step) {
   ChildReport report{proto::kMagic, static_cast<uint32_t>(step), errno};
-  (void)!send(p.control_fd, &report, sizeof(report), MSG_NOSIGNAL);
+  (void)!send(control_fd, &report, sizeof(report), MSG_NOSIGNAL);
   _exit(1);
+}
+
+[[noreturn]] void ChildFail(const LaunchPlan& p, Step step) {
+  ChildFailOn(p.control_fd, step);
 }
 
 int CapSet0() {
@@ -205,23 +212,12 @@ int CapSet0() {
   return static_cast<int>(syscall(SYS_capset, &hdr, data));
 }
 
-// Sends the ready report with the fds of the writable-layer tmpfs and of the
-// root, so the host can snapshot and serve files. Returns 0 or -1.
-int SendReady(int control_fd, const int (&fds)[2]) {
+// Sends the ready report. Returns 0 or -1.
+int SendReady(int control_fd) {
   ChildReport ready{proto::kMagic, 0, 0};
-  iovec iov{&ready, sizeof(ready)};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(fds))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof(cbuf);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(fds));
-  memcpy(CMSG_DATA(c), fds, sizeof(fds));
-  return sendmsg(control_fd, &msg, MSG_NOSIGNAL) == sizeof(ready) ? 0 : -1;
+  return send(control_fd, &ready, sizeof(ready), MSG_NOSIGNAL) == sizeof(ready)
+             ? 0
+             : -1;
 }
 
 // The child after clone(). One line per step, in order; no allocation, no
@@ -315,27 +311,35 @@ int SendReady(int control_fd, const int (&fds)[2]) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
     ChildFail(p, Step::kCapabilities);
   // fds before rlimits: the parent may hold more fds than the sandbox's
-  // RLIMIT_NOFILE allows, and a dup would then fail.
-  const int init_fd = fcntl(p.init_fd, F_DUPFD_CLOEXEC, proto::kControlFd + 1);
-  if (init_fd < 0 || dup2(p.control_fd, proto::kControlFd) != proto::kControlFd)
+  // RLIMIT_NOFILE allows, and a dup would then fail. Copies above init's
+  // fixed fds first, so the dup2s below cannot clobber a source; failures
+  // after the first dup2 are reported on kControlFd.
+  const int init_fd = fcntl(p.init_fd, F_DUPFD_CLOEXEC, proto::kFirstFreeFd);
+  const int disk_fd = fcntl(layer_fds[0], F_DUPFD_CLOEXEC, proto::kFirstFreeFd);
+  const int root_fd = fcntl(layer_fds[1], F_DUPFD_CLOEXEC, proto::kFirstFreeFd);
+  if (init_fd < 0 || disk_fd < 0 || root_fd < 0 ||
+      dup2(p.control_fd, proto::kControlFd) != proto::kControlFd)
     ChildFail(p, Step::kReport);
-  if (syscall(SYS_close_range, proto::kControlFd + 1, ~0U,
-              CLOSE_RANGE_CLOEXEC) != 0)
-    ChildFail(p, Step::kReport);
+  if (dup2(disk_fd, proto::kDiskFd) != proto::kDiskFd ||
+      dup2(root_fd, proto::kRootFd) != proto::kRootFd ||
+      syscall(SYS_close_range, proto::kFirstFreeFd, ~0U, CLOSE_RANGE_CLOEXEC) !=
+          0)
+    ChildFailOn(proto::kControlFd, Step::kReport);
   if (setrlimit(RLIMIT_NOFILE, &p.nofile) != 0 ||
       setrlimit(RLIMIT_STACK, &p.stack) != 0 ||
       setrlimit(RLIMIT_FSIZE, &p.fsize) != 0 ||
       setrlimit(RLIMIT_CORE, &p.core) != 0)
-    ChildFail(p, Step::kRlimits);
+    ChildFailOn(proto::kControlFd, Step::kRlimits);
   // Ready goes last but for seccomp and exec, so nearly every failure is
-  // reported with its step; the layer fds go to the host with it.
-  if (SendReady(p.control_fd, layer_fds) != 0) ChildFail(p, Step::kReport);
+  // reported with its step.
+  if (SendReady(proto::kControlFd) != 0)
+    ChildFailOn(proto::kControlFd, Step::kReport);
   if (p.seccomp != nullptr && p.seccomp->Install() != 0)
-    ChildFail(p, Step::kSeccomp);
+    ChildFailOn(proto::kControlFd, Step::kSeccomp);
   static char* const kArgv[] = {const_cast<char*>("dsec-init"), nullptr};
   static char* const kEnvp[] = {nullptr};
   syscall(SYS_execveat, init_fd, "", kArgv, kEnvp, AT_EMPTY_PATH);
-  ChildFail(p, Step::kExecInit);
+  ChildFailOn(proto::kControlFd, Step::kExecInit);
 }
 
 int ChildEntry(void* arg) { ChildMain(*static_cast<const LaunchPlan*>(arg)); }
@@ -371,9 +375,9 @@ absl::StatusOr<pid_t> SpawnChild(unsigned long ns_flags,
 
 struct Sandbox::State {
   absl::Mutex send_mu;  // serializes requests on the control socket
-  UniqueFd control;     // host end of the control socket
-  UniqueFd disk_fd;     // O_PATH: tmpfs holding upper/ and work/
-  UniqueFd root_fd;     // O_PATH: the sandbox's root
+  // Host end of the control socket: the only fd an idle sandbox holds (its
+  // root and writable-layer fds live in init; see RequestLayerFds).
+  UniqueFd control;
   std::unique_ptr<SandboxCgroup> cgroup;
   std::vector<std::string> lower_layers;  // spec layers (not the skeleton)
   std::vector<std::string> base_env;
@@ -526,9 +530,7 @@ absl::Status ValidateSpec(const SandboxSpec& spec) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ChildReport> ReadChildReport(int fd, absl::Duration timeout,
-                                            UniqueFd* disk_fd,
-                                            UniqueFd* root_fd) {
+absl::StatusOr<ChildReport> ReadChildReport(int fd, absl::Duration timeout) {
   pollfd pfd{fd, POLLIN, 0};
   int r;
   do {
@@ -536,27 +538,10 @@ absl::StatusOr<ChildReport> ReadChildReport(int fd, absl::Duration timeout,
   } while (r < 0 && errno == EINTR);
   if (r == 0) return absl::DeadlineExceededError("sandbox setup timed out");
   ChildReport report{};
-  int fds[2] = {-1, -1};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(fds))];
-  iovec iov{&report, sizeof(report)};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof(cbuf);
   ssize_t n;
   do {
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    n = recv(fd, &report, sizeof(report), 0);
   } while (n < 0 && errno == EINTR);
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr;
-       c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-        c->cmsg_len == CMSG_LEN(sizeof(fds))) {
-      memcpy(fds, CMSG_DATA(c), sizeof(fds));
-    }
-  }
-  disk_fd->Reset(fds[0]);
-  root_fd->Reset(fds[1]);
   if (n != sizeof(report) || report.magic != proto::kMagic) {
     return absl::InternalError("sandbox setup died without a report");
   }
@@ -626,7 +611,11 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Runtime::CreateSandbox(
   plan.hostname = spec.hostname;
   plan.userns_fd = shared_->userns_fd.get();
   plan.init_fd = shared_->init_fd.get();
-  for (int fd : cgroup->init_procs_fds()) plan.cgroup_fds.push_back(fd);
+  // Opened for this launch only; the child joins through them before it
+  // execs dsec-init, and they are closed once SpawnChild returns.
+  ASSIGN_OR_RETURN(std::vector<UniqueFd> cgroup_fds,
+                   cgroup->OpenInitProcsFds());
+  for (const UniqueFd& fd : cgroup_fds) plan.cgroup_fds.push_back(fd.get());
   auto lim = [](int64_t v) {
     rlim_t r = v > 0 ? static_cast<rlim_t>(v) : RLIM_INFINITY;
     return rlimit{r, r};
@@ -655,14 +644,14 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Runtime::CreateSandbox(
   ASSIGN_OR_RETURN(pid_t pid, SpawnChild(flags, plan));
   sb->init_pid_ = pid;
   child_end.Reset();
+  cgroup_fds.clear();
   netns.Reset();  // the child holds it now
   auto kill_child = MakeScopeGuard([pid] {
     kill(pid, SIGKILL);
     while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
     }
   });
-  auto report_or = ReadChildReport(st.control.get(), absl::Seconds(30),
-                                   &st.disk_fd, &st.root_fd);
+  auto report_or = ReadChildReport(st.control.get(), absl::Seconds(30));
   if (!report_or.ok()) {
     // Say where the child was stuck: it is the first thing to look at.
     std::string wchan;
@@ -683,12 +672,6 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Runtime::CreateSandbox(
     if (cause.code() == absl::StatusCode::kResourceExhausted) return cause;
     return absl::InternalError(cause.message());
   }
-  if (!st.disk_fd || !st.root_fd) {
-    return absl::InternalError("sandbox setup sent no layer fds");
-  }
-  ASSIGN_OR_RETURN(sb->files_, SafeRoot::Open(absl::StrCat("/proc/self/fd/",
-                                                           st.root_fd.get())));
-  st.root_fd.Reset();  // SafeRoot holds its own reference
   std::move(kill_child).Cancel();
   std::move(release_cgroup).Cancel();
   st.cgroup = std::move(cgroup);
@@ -724,10 +707,9 @@ absl::Status Sandbox::Destroy() {
   kill(init_pid_, SIGKILL);
   while (waitpid(init_pid_, nullptr, 0) < 0 && errno == EINTR) {
   }
+  // The mounts went with init's mount namespace (unless a caller of
+  // OpenFiles still holds the root, which keeps them until it lets go).
   state_->control.Reset();
-  files_.reset();
-  state_->root_fd.Reset();
-  state_->disk_fd.Reset();  // last reference to the mounts
   if (state_->cgroup != nullptr) {
     runtime_->cgroups().Release(std::move(state_->cgroup));
   }
@@ -759,11 +741,19 @@ absl::StatusOr<std::vector<std::string>> Sandbox::Snapshot() {
   if (state_->destroyed)
     return absl::FailedPreconditionError("sandbox destroyed");
   const bool was_parked = state_->parked;
-  if (!was_parked) RETURN_IF_ERROR(state_->cgroup->Freeze());
+  // The disk fd comes from init, which answers only while thawed: a parked
+  // sandbox is thawed for that round trip, then everything is frozen for
+  // the copy (and stays frozen if it was parked).
+  if (was_parked) RETURN_IF_ERROR(state_->cgroup->Thaw());
+  absl::StatusOr<LayerFds> layer = RequestLayerFds();
+  absl::Status frozen = state_->cgroup->Freeze();
   auto thaw = MakeScopeGuard([&] {
     if (!was_parked) state_->cgroup->Thaw().IgnoreError();
   });
-  UniqueFd upper(openat(state_->disk_fd.get(), "upper",
+  RETURN_IF_ERROR(frozen);
+  RETURN_IF_ERROR(layer.status());
+  layer->root.Reset();
+  UniqueFd upper(openat(layer->disk.get(), "upper",
                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!upper) return dsec::ErrnoStatus("open writable layer");
   std::string name = absl::StrCat(id_, "-", absl::ToUnixMicros(absl::Now()));
@@ -783,6 +773,87 @@ absl::StatusOr<std::vector<std::string>> Sandbox::Snapshot() {
   layers.insert(layers.end(), state_->lower_layers.begin(),
                 state_->lower_layers.end());
   return layers;
+}
+
+absl::Status Sandbox::SendToInit(const iovec* iov, int iovcnt, const int* fds,
+                                 int nfds) const {
+  absl::MutexLock lock(&state_->send_mu);
+  if (proto::SendWithFds(state_->control.get(), iov, iovcnt, fds, nfds) < 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "sandbox ", id_, " init is not accepting requests: ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Sandbox::LayerFds> Sandbox::RequestLayerFds() const {
+  constexpr absl::Duration kTimeout = absl::Seconds(5);
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    return dsec::ErrnoStatus("socketpair");
+  }
+  UniqueFd reply(sv[0]), reply_child(sv[1]);
+  proto::InitRequest req{};
+  req.magic = proto::kMagic;
+  req.type = proto::RequestType::kLayerFds;
+  {
+    const int fd = reply_child.get();
+    iovec iov{&req, sizeof(req)};
+    RETURN_IF_ERROR(SendToInit(&iov, 1, &fd, 1));
+  }
+  reply_child.Reset();
+  pollfd pfd{reply.get(), POLLIN, 0};
+  int r;
+  do {
+    r = poll(&pfd, 1, absl::ToInt64Milliseconds(kTimeout));
+  } while (r < 0 && errno == EINTR);
+  if (r == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "sandbox ", id_, " init did not hand over its layer fds in ",
+        absl::FormatDuration(kTimeout)));
+  }
+  proto::InitReply rep{};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(2 * sizeof(int))];
+  iovec iov{&rep, sizeof(rep)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof(cbuf);
+  ssize_t n;
+  do {
+    n = recvmsg(reply.get(), &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  LayerFds out;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr;
+       c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int got[2] = {-1, -1};
+    memcpy(got, CMSG_DATA(c), std::min<size_t>(count, 2) * sizeof(int));
+    // Own whatever arrived before judging it, so nothing leaks.
+    out.disk.Reset(got[0]);
+    out.root.Reset(got[1]);
+  }
+  if (n != sizeof(rep) || rep.type != proto::ReplyType::kLayerFds ||
+      !out.disk || !out.root) {
+    return absl::UnavailableError(
+        absl::StrCat("sandbox ", id_, " init sent no layer fds"));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<SafeRoot>> Sandbox::OpenFiles() const {
+  // Under mu: Park and Destroy wait, so init stays thawed and alive.
+  absl::MutexLock lock(&state_->mu);
+  if (state_->destroyed) {
+    return absl::FailedPreconditionError("sandbox was destroyed");
+  }
+  if (state_->parked) {
+    return absl::FailedPreconditionError(
+        "sandbox is parked; unpark it before file operations");
+  }
+  ASSIGN_OR_RETURN(LayerFds layer, RequestLayerFds());
+  return SafeRoot::Adopt(std::move(layer.root));
 }
 
 absl::Status Sandbox::Signal(pid_t pid, int signal) {
@@ -946,7 +1017,7 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
   auto release_slot =
       MakeScopeGuard([&] { state_->cgroup->ReleaseSlot(slot); });
   CgroupStats before;
-  if (auto s = state_->cgroup->Stats(); s.ok()) before = *s;
+  if (auto s = state_->cgroup->EventStats(); s.ok()) before = *s;
 
   int reply_sv[2], out_p[2], err_p[2], in_p[2] = {-1, -1};
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, reply_sv) != 0) {
@@ -976,7 +1047,8 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
   req.argc = request.argv.size();
   req.envc = env.size();
   req.payload_len = payload.size();
-  auto slot_fds = slot->procs_fds();
+  // Opened for this exec only; init passes them to the child, which joins.
+  ASSIGN_OR_RETURN(std::vector<UniqueFd> slot_fds, slot->OpenProcsFds());
   req.slot_fd_count = slot_fds.size();
   req.cpu_limit_seconds =
       request.cpu_time_limit > absl::ZeroDuration()
@@ -984,7 +1056,7 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
           : 0;
   std::vector<int> fds = {reply_child.get(), in_r ? in_r.get() : -1,
                           out_w.get(), err_w.get()};
-  fds.insert(fds.end(), slot_fds.begin(), slot_fds.end());
+  for (const UniqueFd& fd : slot_fds) fds.push_back(fd.get());
   // SCM_RIGHTS cannot carry -1: send /dev/null's place as the reply fd
   // duplicate and let init treat a missing stdin by position.
   UniqueFd devnull;
@@ -996,33 +1068,15 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
   const absl::Time start = absl::Now();
   {
     iovec iov[2] = {{&req, sizeof(req)}, {payload.data(), payload.size()}};
-    std::vector<char> cbuf(CMSG_SPACE(fds.size() * sizeof(int)));
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 2;
-    msg.msg_control = cbuf.data();
-    msg.msg_controllen = cbuf.size();
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-    memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
-    absl::MutexLock lock(&state_->send_mu);
-    ssize_t n;
-    do {
-      n = sendmsg(state_->control.get(), &msg, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      return absl::UnavailableError(
-          absl::StrCat("sandbox ", id_,
-                       " init is not accepting requests: ", strerror(errno)));
-    }
+    RETURN_IF_ERROR(
+        SendToInit(iov, 2, fds.data(), static_cast<int>(fds.size())));
   }
   reply_child.Reset();
   out_w.Reset();
   err_w.Reset();
   in_r.Reset();
   devnull.Reset();
+  slot_fds.clear();
 
   ExecResult result;
   OutputStream streams[2] = {
@@ -1133,7 +1187,7 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
         std::max(result.cpu_time, absl::Nanoseconds(s->cpu_usage_ns));
   }
   CgroupStats after;
-  if (auto s = state_->cgroup->Stats(); s.ok()) after = *s;
+  if (auto s = state_->cgroup->EventStats(); s.ok()) after = *s;
   const bool oom = after.oom_kills > before.oom_kills;
   result.pids_limit_hit = after.pids_max_events > before.pids_max_events;
   const int ws = exit_reply.wait_status;

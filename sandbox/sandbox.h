@@ -12,6 +12,10 @@
 // net, ipc, uts and cgroup namespaces, on an overlay rootfs whose writable
 // layer is a size-capped tmpfs, with cgroup limits and a seccomp filter.
 //
+// Fds: an idle Sandbox holds one host fd, the control socket to its init;
+// cgroup files are opened per access and the root and writable-layer fds
+// are fetched from init when needed (OpenFiles, Snapshot).
+//
 // Thread-safety: Runtime and Sandbox are thread-safe; any number of Exec
 // calls may run concurrently on one sandbox. Destroying a Sandbox while
 // calls on it are in flight is not allowed (the agent holds a shared_ptr).
@@ -19,6 +23,7 @@
 #define DSEC_SANDBOX_SANDBOX_H_
 
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <functional>
 #include <memory>
@@ -28,6 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/unique_fd.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/safe_fs.h"
 #include "sandbox/spec.h"
@@ -123,8 +129,13 @@ class Sandbox {
   absl::Status Signal(pid_t pid, int signal);
 
   // The sandbox's root as seen from the host, for the file API. Paths are
-  // confined to it (see safe_fs.h).
-  const SafeRoot& files() const { return *files_; }
+  // confined to it (see safe_fs.h). Each call asks init for an fd of the
+  // root (a round trip on the control socket), which the returned SafeRoot
+  // owns: open it per operation and drop it after, so an idle sandbox
+  // holds no fd but its control socket. FAILED_PRECONDITION when parked
+  // (init is frozen and cannot answer) or destroyed; UNAVAILABLE when init
+  // does not answer.
+  absl::StatusOr<std::unique_ptr<SafeRoot>> OpenFiles() const;
   // Host uid/gid owning files created by the sandbox's root.
   uid_t host_uid() const;
 
@@ -139,11 +150,22 @@ class Sandbox {
   struct State;
   Sandbox() = default;
 
+  // Duplicates of init's fds of the writable-layer tmpfs and of the root.
+  struct LayerFds {
+    UniqueFd disk;  // O_PATH: tmpfs holding upper/ and work/
+    UniqueFd root;  // O_PATH: the sandbox's root
+  };
+  // Asks init for them. REQUIRES: init is not frozen.
+  absl::StatusOr<LayerFds> RequestLayerFds() const;
+  // One request message to init with `fds` attached (serialized with other
+  // requests); UNAVAILABLE when init does not take it.
+  absl::Status SendToInit(const iovec* iov, int iovcnt, const int* fds,
+                          int nfds) const;
+
   std::string id_;
   SandboxSpec spec_;
   pid_t init_pid_ = -1;
   Runtime* runtime_ = nullptr;
-  std::unique_ptr<SafeRoot> files_;
   std::unique_ptr<State> state_;
 };
 

@@ -435,9 +435,10 @@ TEST_F(SandboxTest, FileApiCannotEscapeThroughPlantedSymlinks) {
   Sh(*sb,
      "ln -s /etc /root/escape; ln -s / /root/hostroot; "
      "ln -s ../../../../../../tmp /root/up");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<SafeRoot> files, sb->OpenFiles());
   // Reads resolve inside the sandbox: its generated passwd, not the host's.
   ASSERT_OK_AND_ASSIGN(std::string passwd,
-                       sb->files().ReadFile("/root/escape/passwd"));
+                       files->ReadFile("/root/escape/passwd"));
   EXPECT_THAT(passwd, HasSubstr("root:x:0:0"));
   std::string host_passwd;
   std::ifstream("/etc/passwd") >> host_passwd;
@@ -447,14 +448,14 @@ TEST_F(SandboxTest, FileApiCannotEscapeThroughPlantedSymlinks) {
   // Writes through links land inside the sandbox.
   dsec::testing::TempDir outside;
   std::string marker = absl::StrCat("dsec-escape-", getpid());
-  EXPECT_THAT(sb->files().WriteFile(
-                  absl::StrCat("/root/hostroot", outside.path(), "/x"), "evil",
-                  {.create_parents = true}),
-              IsOk());
+  EXPECT_THAT(
+      files->WriteFile(absl::StrCat("/root/hostroot", outside.path(), "/x"),
+                       "evil", {.create_parents = true}),
+      IsOk());
   struct stat st;
   EXPECT_NE(stat(outside.Join("x").c_str(), &st), 0)
       << "wrote outside the sandbox";
-  EXPECT_THAT(sb->files().WriteFile("/root/up/" + marker, "evil"), IsOk());
+  EXPECT_THAT(files->WriteFile("/root/up/" + marker, "evil"), IsOk());
   EXPECT_NE(stat(("/tmp/" + marker).c_str(), &st), 0) << "wrote to host /tmp";
   EXPECT_EQ(Sh(*sb, "cat /tmp/" + marker).stdout_data, "evil");
 }
@@ -465,20 +466,24 @@ TEST_F(SandboxTest, ParkFreezesAndUnparkResumes) {
   // Append-only progress file: its size only grows while the loop runs.
   Sh(*sb, "sh -c 'while :; do echo x >> /tmp/n; done' >/dev/null 2>&1 &");
   absl::SleepFor(absl::Milliseconds(200));
+  // Opened before parking: a frozen init cannot hand out its root fd.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<SafeRoot> files, sb->OpenFiles());
   ASSERT_THAT(sb->Park(), IsOk());
   EXPECT_TRUE(sb->parked());
   EXPECT_THAT(
       sb->Exec({.argv = {"true"}}),
       StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("parked")));
-  auto a = sb->files().Stat("/tmp/n");
+  EXPECT_THAT(sb->OpenFiles(), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                        HasSubstr("parked")));
+  auto a = files->Stat("/tmp/n");
   absl::SleepFor(absl::Milliseconds(300));
-  auto b = sb->files().Stat("/tmp/n");
+  auto b = files->Stat("/tmp/n");
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_GT(a->size, 0);
   EXPECT_EQ(a->size, b->size) << "loop advanced while parked";
   ASSERT_THAT(sb->Unpark(), IsOk());
   absl::SleepFor(absl::Milliseconds(300));
-  auto c = sb->files().Stat("/tmp/n");
+  auto c = files->Stat("/tmp/n");
   ASSERT_TRUE(c.ok());
   EXPECT_GT(c->size, b->size) << "loop did not resume";
 }
@@ -599,6 +604,60 @@ int CountChildren() {
     closedir(d);
   }
   return n;
+}
+
+// An idle sandbox holds one host fd, its control socket to init: its cgroup
+// files are opened per access and its root and writable-layer fds live in
+// init (fetched per file operation). A process can then hold ~RLIMIT_NOFILE
+// idle sandboxes, and clone() has a short fd table to copy. The slack covers
+// the network-namespace pool refilling in the background.
+TEST_F(SandboxTest, IdleSandboxesHoldAtMostOneFdEach) {
+  constexpr int kSandboxes = 20;
+  const int slack = runtime_->options().netns_pool_target + 4;
+  auto warm = NewSandbox();  // pools and lazily created state settle
+  ASSERT_NE(warm, nullptr);
+  const int before = CountDir("/proc/self/fd");
+  std::vector<std::unique_ptr<Sandbox>> idle;
+  for (int i = 0; i < kSandboxes; ++i) {
+    idle.push_back(NewSandbox());
+    ASSERT_NE(idle.back(), nullptr);
+    EXPECT_EQ(Sh(*idle.back(), "echo hi > /tmp/x").exit_code, 0);
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<SafeRoot> files,
+                         idle.back()->OpenFiles());
+    ASSERT_OK_AND_ASSIGN(std::string text, files->ReadFile("/tmp/x"));
+    EXPECT_EQ(text, "hi\n");
+  }
+  const int after = CountDir("/proc/self/fd");
+  EXPECT_LE(after - before, kSandboxes + slack)
+      << before << " fds before, " << after << " with " << kSandboxes
+      << " idle sandboxes";
+}
+
+// dsec-init holds the sandbox's only fds of its root and writable layer
+// (kDiskFd, kRootFd). It is not dumpable, so code in the sandbox (same uid,
+// no capabilities) cannot reach them, or init's root, through /proc/1.
+TEST_F(SandboxTest, InitLayerFdsAreUnreachableFromInside) {
+  auto sb = NewSandbox();
+  ASSERT_NE(sb, nullptr);
+  char target[PATH_MAX];
+  for (int fd : {4, 5}) {  // init_protocol::kDiskFd, kRootFd
+    EXPECT_GT(
+        readlink(absl::StrCat("/proc/", sb->init_pid(), "/fd/", fd).c_str(),
+                 target, sizeof(target)),
+        0)
+        << "init does not hold fd " << fd;
+  }
+  // The fd numbers may be listed (the directory belongs to the sandbox's
+  // root user); following or reading the links needs ptrace access.
+  ExecResult r = Sh(*sb,
+                    "for p in /proc/1/fd/4/ /proc/1/fd/5/ /proc/1/root/; do "
+                    "ls $p >/dev/null 2>&1 && echo reached $p; done; "
+                    "readlink /proc/1/fd/4 >/dev/null 2>&1 && echo readlink; "
+                    "cat /proc/1/fd/4/upper >/dev/null 2>&1 && echo opened; "
+                    "grep -c '^Name:.dsec-init' /proc/1/status");
+  EXPECT_EQ(r.stdout_data, "1\n") << r.stderr_data;
+  EXPECT_THAT(Sh(*sb, "ls /proc/1/fd/4/").stderr_data,
+              HasSubstr("Permission denied"));
 }
 
 TEST_F(SandboxTest, ThousandCyclesLeaveNothingBehind) {
