@@ -37,6 +37,7 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <initializer_list>
 #include <limits>
 #include <thread>
@@ -46,9 +47,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -1462,6 +1465,63 @@ absl::StatusOr<Layout> DetectLayout(const CgroupManagerOptions& options,
   return layout;
 }
 
+// Kills every process in `path` and its sub-cgroups (thawing v1 freezer
+// groups first so SIGKILL can land).
+void KillTree(const std::string& path) {
+  if (FILE* f = fopen((path + "/freezer.state").c_str(), "w")) {
+    fputs("THAWED", f);
+    fclose(f);
+  }
+  if (FILE* f = fopen((path + "/cgroup.freeze").c_str(), "w")) {
+    fputs("0", f);
+    fclose(f);
+  }
+  if (FILE* f = fopen((path + "/cgroup.procs").c_str(), "r")) {
+    int pid;
+    while (fscanf(f, "%d", &pid) == 1) kill(pid, SIGKILL);
+    fclose(f);
+  }
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir(path.c_str()), &closedir);
+  if (!dir) return;
+  while (dirent* e = readdir(dir.get())) {
+    absl::string_view n(e->d_name);
+    if (e->d_type == DT_DIR && n != "." && n != "..") {
+      KillTree(absl::StrCat(path, "/", n));
+    }
+  }
+}
+
+// A runtime killed with SIGKILL leaves its "dsec-<pid>" tree (and the
+// sandboxes in it) behind. Reclaims the trees of managers whose process is
+// gone: their sandboxes are killed and the directories removed.
+void ReclaimStaleTrees(const Layout& layout) {
+  for (const Hierarchy& h : layout.hierarchies) {
+    std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir(h.parent_path.c_str()),
+                                            &closedir);
+    if (!dir) continue;
+    std::vector<std::string> stale;
+    while (dirent* e = readdir(dir.get())) {
+      absl::string_view n(e->d_name);
+      int pid = 0;
+      if (e->d_type != DT_DIR || !absl::ConsumePrefix(&n, "dsec-") ||
+          !absl::SimpleAtoi(n, &pid) || pid <= 0 || pid == getpid()) {
+        continue;
+      }
+      if (kill(pid, 0) != 0 && errno == ESRCH) stale.emplace_back(e->d_name);
+    }
+    for (const std::string& name : stale) {
+      const std::string path = absl::StrCat(h.parent_path, "/", name);
+      KillTree(path);
+      if (absl::Status st = RemoveCgroupDir(AT_FDCWD, path); !st.ok()) {
+        DSEC_LOG_WARN("cgroup: stale tree {} of a dead runtime: {}", path,
+                      st.ToString());
+      } else {
+        DSEC_LOG_INFO("cgroup: reclaimed {} of a dead runtime", path);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 namespace cgroup_internal {
@@ -1472,6 +1532,7 @@ absl::StatusOr<std::unique_ptr<CgroupManager>> CreateCgroupManager(
     return absl::InvalidArgumentError("pool_target must not be negative");
   }
   ASSIGN_OR_RETURN(Layout layout, DetectLayout(options, knobs));
+  if (options.name.empty()) ReclaimStaleTrees(layout);
   ASSIGN_OR_RETURN(std::shared_ptr<Tree> tree, Tree::Create(std::move(layout)));
   return std::unique_ptr<CgroupManager>(
       new CgroupManagerImpl(std::move(tree), kMaxPool, options.pool_target));

@@ -320,6 +320,17 @@ int TouchMemory(int64_t bytes) {
   return 0;
 }
 
+std::string Slurp(const std::string& path) {
+  std::string out;
+  if (FILE* f = fopen(path.c_str(), "r")) {
+    char buf[256];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+    fclose(f);
+  }
+  return out;
+}
+
 bool Exists(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0;
@@ -690,6 +701,40 @@ TEST_F(CgroupTest, DestructorRemovesAllDirectories) {
   }
   EXPECT_TRUE(WIFSIGNALED(WaitStatus(pid)));
   for (const std::string& r : roots) EXPECT_FALSE(Exists(r)) << r;
+}
+
+TEST_F(CgroupTest, StaleTreeOfADeadRuntimeIsReclaimed) {
+  DSEC_REQUIRE_HOST_FEATURE(CgroupsAvailable(), "cgroups (root)");
+  // Where a default-named manager would put its tree.
+  std::string parent;
+  {
+    ASSERT_OK_AND_ASSIGN(auto probe, CgroupManager::Create(Options()));
+    ASSERT_OK_AND_ASSIGN(auto g, probe->Acquire({}));
+    parent = Parent(Parent(g->PathFor("freezer")));
+  }
+  // A pid that is certainly gone.
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  WaitStatus(dead);
+  const std::string stale = absl::StrCat(parent, "/dsec-", dead);
+  ASSERT_EQ(mkdir(stale.c_str(), 0755), 0);
+  ASSERT_EQ(mkdir((stale + "/sb-0").c_str(), 0755), 0);
+  // A leftover sandbox process inside it.
+  pid_t orphan = fork();
+  if (orphan == 0) {
+    FILE* f = fopen((stale + "/sb-0/cgroup.procs").c_str(), "w");
+    if (f == nullptr) _exit(1);
+    fprintf(f, "0");
+    fclose(f);
+    Spin();
+  }
+  for (int i = 0; i < 1000 && Slurp(stale + "/sb-0/cgroup.procs").empty();
+       ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create({}));
+  EXPECT_TRUE(WIFSIGNALED(WaitStatus(orphan)));
+  EXPECT_FALSE(Exists(stale)) << stale;
 }
 
 TEST_F(CgroupTest, GroupOutlivingManagerStillCleansUp) {

@@ -18,6 +18,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "common/logging.h"
 #include "common/units.h"
 #include "nlohmann/json.hpp"
 #include "sandbox/sandbox.h"
@@ -80,6 +81,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dsec-run [flags] -- COMMAND [ARGS...]: run a command in a sandbox");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  // A CLI: the command's own output only, unless something is wrong.
+  const char* level = getenv("DSEC_LOG_LEVEL");
+  (void)dsec::InitLogging(
+      {.level = level ? level : "warn", .component = "dsec-run"});
   if (rest.size() < 2) {
     std::cerr << "usage: dsec-run [flags] -- COMMAND [ARGS...]\n";
     return 125;

@@ -45,6 +45,18 @@ class ClusterTest : public ::testing::Test {
         << controller_->Log();
   }
 
+  // Graceful stop: agents destroy their sandboxes and cgroups.
+  void TearDown() override {
+    for (auto& agent : agents_) {
+      if (agent && agent->running()) {
+        EXPECT_TRUE(agent->Stop(SIGTERM).ok());
+      }
+    }
+    if (controller_ && controller_->running()) {
+      EXPECT_TRUE(controller_->Stop(SIGTERM).ok());
+    }
+  }
+
   std::string controller() const {
     return absl::StrCat("127.0.0.1:", controller_port_);
   }
