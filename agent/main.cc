@@ -18,6 +18,7 @@
 #include "common/status_macros.h"
 #include "common/token.h"
 #include "common/units.h"
+#include "sandbox/sandbox.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "gRPC host:port");
 ABSL_FLAG(std::string, advertise, "",
@@ -120,10 +121,17 @@ absl::StatusOr<dsec::agent::AgentOptions> OptionsFromFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists: our host-side mounts die with this process.
+  const absl::Status private_mounts =
+      dsec::sandbox::EnterPrivateMountNamespace();
   absl::ParseCommandLine(argc, argv);
   dsec::InitLogging(
       {.level = absl::GetFlag(FLAGS_log_level), .component = "agent"})
       .IgnoreError();
+  if (!private_mounts.ok()) {
+    DSEC_LOG_WARN("mounts stay in the host namespace: {}",
+                  private_mounts.ToString());
+  }
   const int64_t max_fds = dsec::RaiseOpenFileLimit();
   DSEC_LOG_INFO("open file limit {}", max_fds);
   // Block the stop signals in every thread; main waits for them.

@@ -29,6 +29,7 @@
 #include "common/testing/test_util.h"
 #include "ctl/local_cluster.h"
 #include "ctl/rpc.h"
+#include "sandbox/sandbox.h"
 
 ABSL_FLAG(int, iterations, 300, "samples per latency measurement");
 ABSL_FLAG(int, fanout, 1000, "live sandboxes for the concurrency test");
@@ -146,6 +147,7 @@ double EmptyRoundTrip(ControllerConn& conn, const std::string& endpoint) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  (void)dsec::sandbox::EnterPrivateMountNamespace();
   absl::ParseCommandLine(argc, argv);
   (void)dsec::InitLogging({.level = "warn", .component = "bench"});
   dsec::RaiseOpenFileLimit();

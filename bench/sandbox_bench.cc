@@ -117,6 +117,7 @@ T OrDie(absl::StatusOr<T> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  (void)dsec::sandbox::EnterPrivateMountNamespace();
   absl::ParseCommandLine(argc, argv);
   const int n = absl::GetFlag(FLAGS_iterations);
   dsec::testing::TempDir dir;

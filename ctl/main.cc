@@ -14,11 +14,14 @@
 #include "common/tls.h"
 #include "ctl/commands.h"
 #include "ctl/local_cluster.h"
+#include "sandbox/sandbox.h"
 
 namespace {
 
 int LocalUp(dsec::ctl::CommandContext ctx,
             const std::vector<std::string>& args) {
+  // Still single-threaded: the cluster's host-side mounts die with us.
+  (void)dsec::sandbox::EnterPrivateMountNamespace();
   dsec::ctl::LocalClusterOptions options;
   const char* home = getenv("HOME");
   options.data_dir = absl::StrCat(home ? home : "/tmp", "/.dsec/local");

@@ -80,6 +80,7 @@ int ExitCodeFor(const dsec::sandbox::ExecResult& r) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dsec-run [flags] -- COMMAND [ARGS...]: run a command in a sandbox");
+  (void)dsec::sandbox::EnterPrivateMountNamespace();
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   // A CLI: the command's own output only, unless something is wrong.
   const char* level = getenv("DSEC_LOG_LEVEL");

@@ -48,6 +48,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/errno_status.h"
+#include "common/logging.h"
 #include "common/scope_guard.h"
 #include "common/status_macros.h"
 #include "sandbox/init_protocol.h"
@@ -397,8 +398,32 @@ Runtime::~Runtime() {
 
 std::string Runtime::LayersDir() const { return shared_->layers_dir; }
 
+absl::Status EnterPrivateMountNamespace() {
+  static absl::Mutex mu(absl::kConstInit);
+  static bool done = false;
+  absl::MutexLock lock(&mu);
+  if (done) return absl::OkStatus();
+  if (unshare(CLONE_NEWNS) != 0) {
+    if (errno == EINVAL) {
+      return absl::FailedPreconditionError(
+          "cannot enter a private mount namespace: the process already has "
+          "threads (call EnterPrivateMountNamespace first in main)");
+    }
+    return dsec::ErrnoStatus("unshare(CLONE_NEWNS)");
+  }
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    return dsec::ErrnoStatus("make / private");
+  }
+  done = true;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(
     const RuntimeOptions& options) {
+  // Best effort here; binaries call it first thing in main().
+  if (absl::Status s = EnterPrivateMountNamespace(); !s.ok()) {
+    DSEC_LOG_DEBUG("runtime: host mount namespace kept: {}", s.ToString());
+  }
   std::unique_ptr<Runtime> runtime(new Runtime(options));
   RETURN_IF_ERROR(runtime->Init());
   return runtime;

@@ -63,6 +63,15 @@ class Sandbox;
 // 2 = stderr), from the exec's thread.
 using OutputCallback = std::function<void(int stream, absl::string_view data)>;
 
+// Moves the calling process into a private copy of its mount namespace
+// (propagation private), so the mounts a Runtime makes on the host side (the
+// /dev template, layer mounts) vanish with the process even when it is
+// killed with SIGKILL, instead of piling up in the host's mount table (every
+// later CLONE_NEWNS copies that table). Must run while the process has one
+// thread: call it first thing in main(). FAILED_PRECONDITION when threads
+// already exist. Idempotent per process.
+absl::Status EnterPrivateMountNamespace();
+
 class Runtime {
  public:
   static absl::StatusOr<std::unique_ptr<Runtime>> Create(
