@@ -236,6 +236,45 @@ TEST_F(AgentTest, ExecTimeoutIsReportedAsTimedOut) {
   EXPECT_EQ(out.result().status(), v1::EXEC_STATUS_TIMED_OUT);
 }
 
+TEST_F(AgentTest, ClientThatGoesAwayTakesItsCommandTreeWithIt) {
+  StartAgent();
+  ASSERT_TRUE(Start("sb1").ok());
+  // No action id: nobody could collect the result, so cancelling kills it.
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
+    auto reader = runtime_->Exec(&ctx, Shell("sb1", "sleep 300 & sleep 300"));
+    v1::ExecEvent ev;
+    while (reader->Read(&ev)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  std::string left;
+  for (int i = 0; i < 100; ++i) {
+    left = Run("sb1",
+               "for p in /proc/[0-9]*; do cat $p/comm; done | grep -c sleep");
+    if (left == "0\n") break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(left, "0\n") << "the cancelled command's tree is still running";
+  // With an action id the command runs on (its result is recorded).
+  {
+    v1::ExecRequest req = Shell("sb1", "sleep 1; echo done");
+    req.set_action_id("keep");
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
+    auto reader = runtime_->Exec(&ctx, req);
+    v1::ExecEvent ev;
+    while (reader->Read(&ev)) {
+    }
+    reader->Finish();
+    ExecOutcome again = Exec(req);
+    ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+    EXPECT_EQ(again.result().stdout_data(), "done\n");
+  }
+}
+
 TEST_F(AgentTest, ActionIdRunsOnceAndRejectsADifferentRequest) {
   StartAgent();
   ASSERT_TRUE(Start("sb1").ok());

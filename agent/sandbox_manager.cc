@@ -716,6 +716,10 @@ absl::Status SandboxManager::Exec(const v1::ExecRequest& request,
       send(ev);
     };
   }
+  // Without an action id nobody can collect the result later: a client that
+  // goes away takes its command's process tree with it. With one, the
+  // command runs on and its result is recorded for a re-issue.
+  if (action_id.empty() && cancelled) exec.cancelled = cancelled;
   absl::StatusOr<sandbox::ExecResult> ran = sb->Exec(exec, on_output);
   {
     absl::MutexLock lock(&entry->mu);

@@ -1110,7 +1110,7 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
       {std::move(err_r), &result.stderr_data, request.max_stderr_bytes,
        &result.stderr_total_bytes, &result.stderr_truncated, 2}};
   size_t stdin_off = 0;
-  bool started = false, exited = false, timed_out = false;
+  bool started = false, exited = false, timed_out = false, cancelled = false;
   proto::InitReply exit_reply{};
   const absl::Time deadline = start + request.timeout;
   absl::Time kill_deadline = absl::InfiniteFuture();
@@ -1133,6 +1133,9 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
     }
     absl::Time now = absl::Now();
     absl::Time wake = std::min(deadline, kill_deadline);
+    if (request.cancelled && !cancelled) {
+      wake = std::min(wake, now + absl::Milliseconds(100));
+    }
     int timeout_ms = wake == absl::InfiniteFuture()
                          ? -1
                          : static_cast<int>(std::max<int64_t>(
@@ -1142,6 +1145,11 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
     now = absl::Now();
     if (!timed_out && now >= deadline) {
       timed_out = true;
+      slot->KillAll().IgnoreError();
+      kill_deadline = now + absl::Seconds(10);
+    } else if (!timed_out && !cancelled && request.cancelled &&
+               request.cancelled()) {
+      cancelled = true;
       slot->KillAll().IgnoreError();
       kill_deadline = now + absl::Seconds(10);
     } else if (now >= kill_deadline) {
@@ -1218,8 +1226,12 @@ absl::StatusOr<ExecResult> Sandbox::Exec(const ExecRequest& request,
   const int ws = exit_reply.wait_status;
   if (WIFSIGNALED(ws)) result.signal = WTERMSIG(ws);
   if (WIFEXITED(ws)) result.exit_code = WEXITSTATUS(ws);
+  result.cancelled = cancelled;
   if (timed_out) {
     result.outcome = ExecOutcome::kTimedOut;
+  } else if (cancelled) {
+    result.outcome = ExecOutcome::kSignaled;
+    result.signal = SIGKILL;
   } else if (oom) {
     result.outcome = ExecOutcome::kOomKilled;
   } else if (WIFSIGNALED(ws) && WTERMSIG(ws) == SIGSYS) {

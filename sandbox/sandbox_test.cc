@@ -232,6 +232,24 @@ TEST_F(SandboxTest, CpuSpinTimesOutAndWholeTreeIsKilled) {
   EXPECT_EQ(ps.stdout_data, "") << "processes left after timeout";
 }
 
+TEST_F(SandboxTest, CancelledExecKillsItsTree) {
+  auto sb = NewSandbox();
+  ASSERT_NE(sb, nullptr);
+  const absl::Time cancel_at = absl::Now() + absl::Milliseconds(300);
+  ExecRequest req;
+  req.argv = {"/bin/sh", "-c", "setsid sleep 300 & sleep 300"};
+  req.cancelled = [&] { return absl::Now() >= cancel_at; };
+  auto r = sb->Exec(req);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_TRUE(r->cancelled);
+  EXPECT_EQ(r->outcome, ExecOutcome::kSignaled);
+  EXPECT_LT(r->wall_time, absl::Seconds(10));
+  ExecResult ps = Sh(*sb,
+                     "for p in /proc/[0-9]*; do [ $p = /proc/1 ] || "
+                     "[ $p = /proc/$$ ] || echo $p; done");
+  EXPECT_EQ(ps.stdout_data, "") << "processes left after cancel";
+}
+
 TEST_F(SandboxTest, CpuTimeLimitIsReportedAsSuch) {
   auto sb = NewSandbox();
   ASSERT_NE(sb, nullptr);

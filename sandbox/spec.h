@@ -5,6 +5,7 @@
 #define DSEC_SANDBOX_SPEC_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,10 @@ struct ExecRequest {
   absl::Duration cpu_time_limit = absl::ZeroDuration();  // 0: none
   int64_t max_stdout_bytes = 1 << 20;
   int64_t max_stderr_bytes = 1 << 20;
+  // Polled about every 100 ms while the exec runs (may be empty). When it
+  // returns true the exec's whole process tree is killed, as on a timeout,
+  // and the result says `cancelled` (e.g. the RPC's client went away).
+  std::function<bool()> cancelled;
 };
 
 // How an exec ended. Exactly one applies; the most specific cause wins.
@@ -84,6 +89,7 @@ struct ExecResult {
   int exit_code = -1;           // for kExited
   int signal = 0;               // for signal-caused outcomes
   bool pids_limit_hit = false;  // a fork was refused by the pids limit
+  bool cancelled = false;       // killed because request.cancelled() said so
   std::string stdout_data;
   std::string stderr_data;
   bool stdout_truncated = false;
