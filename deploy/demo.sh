@@ -19,4 +19,4 @@ echo "== dsec local cluster + demo rollout (data in $DATA_DIR)"
 echo
 echo "== one-shot: a fork bomb meets the pids limit (dsec-run)"
 "$BUILD_DIR/bin/dsec-run" --pids 32 --timeout 5s --json -- \
-  bash -c ':(){ :|:& };:; sleep 1' || true
+  bash -c 'exec 2>/dev/null; :(){ :|:& };:; sleep 1' || true
