@@ -24,13 +24,13 @@
 #include <thread>
 #include <vector>
 
-#include "common/tls.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/sandbox_manager.h"
 #include "common/metrics.h"
+#include "common/tls.h"
 
 namespace grpc {
 class Server;

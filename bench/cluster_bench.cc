@@ -24,6 +24,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "bench/bench_util.h"
 #include "common/logging.h"
 #include "common/rlimit.h"
 #include "common/testing/test_util.h"
@@ -36,42 +37,14 @@ ABSL_FLAG(int, fanout, 1000, "live sandboxes for the concurrency test");
 ABSL_FLAG(int, execs_each, 10, "execs per sandbox in the concurrency test");
 ABSL_FLAG(double, throughput_seconds, 5, "duration of the creations/s test");
 
-extern char** environ;
-
 namespace {
 
+using dsec::bench::ForkExecWait;
+using dsec::bench::Print;
+using dsec::bench::Summarize;
+using dsec::bench::Summary;
+
 using dsec::ctl::ControllerConn;
-
-struct Summary {
-  double p50, p99, mean;
-};
-
-Summary Summarize(std::vector<double> v) {
-  if (v.empty()) return {0, 0, 0};
-  std::sort(v.begin(), v.end());
-  double sum = 0;
-  for (double x : v) sum += x;
-  return {v[v.size() / 2], v[std::min(v.size() - 1, v.size() * 99 / 100)],
-          sum / v.size()};
-}
-
-void Print(const char* name, const Summary& s) {
-  std::printf("%-40s p50 %8.3f ms   p99 %8.3f ms   mean %8.3f ms\n", name,
-              s.p50, s.p99, s.mean);
-}
-
-double ForkExecWait() {
-  absl::Time start = absl::Now();
-  pid_t pid = fork();
-  if (pid == 0) {
-    char* argv[] = {const_cast<char*>("/bin/true"), nullptr};
-    execve("/bin/true", argv, environ);
-    _exit(127);
-  }
-  int status;
-  waitpid(pid, &status, 0);
-  return absl::ToDoubleMilliseconds(absl::Now() - start);
-}
 
 // The same with posix_spawn (vfork-style): cheaper from a big process.
 double SpawnWait() {
@@ -221,7 +194,7 @@ int main(int argc, char** argv) {
   Summary s_spawn = Summarize(spawn_ms);
   Print("bare posix_spawn+wait /bin/true", s_spawn);
   // The stricter baseline: whichever bare launch was faster here.
-  const double bare = std::min(s_bare.p50, s_spawn.p50);
+  const double bare = std::min(s_bare.p50_ms, s_spawn.p50_ms);
   Print("empty gRPC round trip (agent)", s_rpc);
 
   // 3. Creations per second: cold creates + deletes from 2 threads.
@@ -300,12 +273,12 @@ int main(int argc, char** argv) {
   std::printf("== ratios (targets from issue 4)\n");
   std::printf(
       "create (warm pool) p50                      = %.3f ms (target <= 5)\n",
-      s_create.p50);
+      s_create.p50_ms);
   std::printf(
       "exec p50 / (bare launch p50 + rpc p50)    = %.2f (target <= 2; bare = "
       "the "
       "faster of fork and posix_spawn)\n",
-      s_exec.p50 / (bare + s_rpc.p50));
+      s_exec.p50_ms / (bare + s_rpc.p50_ms));
   cluster->Shutdown();
   return 0;
 }

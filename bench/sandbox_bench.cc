@@ -25,6 +25,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "bench/bench_util.h"
 #include "common/rlimit.h"
 #include "common/testing/test_util.h"
 #include "sandbox/sandbox.h"
@@ -36,30 +37,16 @@ ABSL_FLAG(int, density, 0,
 ABSL_FLAG(double, throughput_seconds, 5, "duration of the creations/s test");
 ABSL_FLAG(std::string, bwrap, "/usr/bin/bwrap", "bubblewrap binary");
 
-extern char** environ;
-
 namespace {
+
+using dsec::bench::ForkExecWait;
+using dsec::bench::Print;
+using dsec::bench::Summarize;
+using dsec::bench::Summary;
 
 using dsec::sandbox::ExecRequest;
 using dsec::sandbox::Runtime;
 using dsec::sandbox::SandboxSpec;
-
-struct Summary {
-  double p50_ms, p99_ms, mean_ms;
-};
-
-Summary Summarize(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  double sum = 0;
-  for (double x : v) sum += x;
-  return {v[v.size() / 2], v[std::min(v.size() - 1, v.size() * 99 / 100)],
-          sum / v.size()};
-}
-
-void Print(const char* name, const Summary& s) {
-  std::printf("%-44s p50 %8.3f ms   p99 %8.3f ms   mean %8.3f ms\n", name,
-              s.p50_ms, s.p99_ms, s.mean_ms);
-}
 
 double SpawnAndWait(const std::vector<std::string>& args) {
   std::vector<char*> argv;
@@ -79,19 +66,6 @@ double SpawnAndWait(const std::vector<std::string>& args) {
     std::exit(1);
   }
   return ms;
-}
-
-double ForkExecWait() {
-  absl::Time start = absl::Now();
-  pid_t pid = fork();
-  if (pid == 0) {
-    char* argv[] = {const_cast<char*>("/bin/true"), nullptr};
-    execve("/bin/true", argv, environ);
-    _exit(127);
-  }
-  int status;
-  waitpid(pid, &status, 0);
-  return absl::ToDoubleMilliseconds(absl::Now() - start);
 }
 
 int64_t MemAvailableKiB() {

@@ -13,7 +13,8 @@ int64_t RaiseOpenFileLimit() {
   std::ifstream("/proc/sys/fs/nr_open") >> nr_open;
   if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < nr_open) {
     rlimit wanted{nr_open, nr_open};
-    if (setrlimit(RLIMIT_NOFILE, &wanted) == 0) return static_cast<int64_t>(nr_open);
+    if (setrlimit(RLIMIT_NOFILE, &wanted) == 0)
+      return static_cast<int64_t>(nr_open);
   }
   rl.rlim_cur = rl.rlim_max;
   setrlimit(RLIMIT_NOFILE, &rl);

@@ -34,9 +34,9 @@
 #include <memory>
 #include <string>
 
-#include "common/tls.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 
 namespace dsec::controller {
 

@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
   if (const char* c = getenv("DSEC_CONTROLLER")) ctx.conn.controller = c;
   if (const char* k = getenv("DSEC_API_KEY")) ctx.conn.api_key = k;
   std::vector<std::string> args(argv + 1, argv + argc);
+  dsec::TlsFiles tls;  // from --tls_* flags
   size_t i = 0;
   for (; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -135,9 +136,9 @@ int main(int argc, char** argv) {
     } else if (a == "--tls_ca" || a == "--tls_cert" || a == "--tls_key") {
       const std::string* v = value(a);
       if (!v) return 2;
-      (a == "--tls_ca"     ? ctx.conn.tls.ca_file
-       : a == "--tls_cert" ? ctx.conn.tls.cert_file
-                           : ctx.conn.tls.key_file) = *v;
+      (a == "--tls_ca"     ? tls.ca_file
+       : a == "--tls_cert" ? tls.cert_file
+                           : tls.key_file) = *v;
     } else if (a == "--no_progress") {
       ctx.progress = false;
     } else {
@@ -145,9 +146,11 @@ int main(int argc, char** argv) {
     }
   }
   args.erase(args.begin(), args.begin() + static_cast<long>(i));
-  if (auto creds = dsec::MakeChannelCredentials(ctx.conn.tls); !creds.ok()) {
+  if (auto creds = dsec::MakeChannelCredentials(tls); !creds.ok()) {
     std::cerr << "usage error: " << creds.status().message() << "\n";
     return 2;
+  } else {
+    ctx.conn.credentials = *creds;
   }
   if (args.size() >= 2 && args[0] == "local" && args[1] == "up") {
     return LocalUp(ctx, args);

@@ -17,11 +17,8 @@ grpc::ChannelArguments Args() {
 
 ControllerConn::ControllerConn(ConnOptions options)
     : options_(std::move(options)) {
-  // Callers validate the TLS files first (dsecctl's main does); a bad file
-  // here leaves a channel whose calls fail.
-  auto creds = MakeChannelCredentials(options_.tls);
-  creds_ = creds.ok() ? *creds : grpc::InsecureChannelCredentials();
-  if (!creds.ok()) options_.controller = "unix:/nonexistent/tls-config-error";
+  creds_ = options_.credentials ? options_.credentials
+                                : grpc::InsecureChannelCredentials();
   channel_ = grpc::CreateCustomChannel(options_.controller, creds_, Args());
   sandboxes_ = dsec::v1::Sandboxes::NewStub(channel_);
   jobs_ = dsec::v1::Jobs::NewStub(channel_);

@@ -14,7 +14,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "common/tls.h"
 #include "dsec/v1/agent_service.grpc.pb.h"
 #include "dsec/v1/job_service.grpc.pb.h"
 #include "dsec/v1/node_service.grpc.pb.h"
@@ -26,7 +25,8 @@ struct ConnOptions {
   std::string controller = "127.0.0.1:7070";
   std::string api_key;  // job or admin key: "authorization: Bearer <key>"
   absl::Duration timeout = absl::Seconds(30);
-  TlsFiles tls;  // empty: plaintext
+  // From MakeChannelCredentials (common/tls.h); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 class ControllerConn {

@@ -17,20 +17,11 @@ namespace {
 
 using ::testing::HasSubstr;
 
-struct RunResult {
-  int exit_code;
-  std::string out;
-};
+using RunResult = dsec::testing::CommandResult;
 
 RunResult DsecRun(const std::string& args) {
-  std::string cmd = dsec::testing::BinDir() + "/dsec-run " + args + " 2>&1";
-  FILE* f = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  int status = pclose(f);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return dsec::testing::RunCommand(dsec::testing::BinDir() + "/dsec-run " +
+                                   args);
 }
 
 class DsecRunTest : public ::testing::Test {
@@ -83,14 +74,11 @@ TEST_F(DsecRunTest, StdinAndReadWriteBind) {
   dsec::testing::TempDir shared;
   // Sandbox root is an unprivileged host uid: the directory must let it in.
   chmod(shared.path().c_str(), 0777);
-  std::string cmd = "echo piped | " + dsec::testing::BinDir() + "/dsec-run " +
-                    Flags() + " --stdin --bind " + shared.path() +
-                    ":/data:rw -- sh -c 'cat > /data/f; cat /data/f' 2>&1";
-  FILE* f = popen(cmd.c_str(), "r");
-  char buf[64] = {};
-  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-  pclose(f);
-  EXPECT_EQ(std::string(buf, n), "piped\n");
+  RunResult r = dsec::testing::RunCommand(
+      "echo piped | " + dsec::testing::BinDir() + "/dsec-run " + Flags() +
+      " --stdin --bind " + shared.path() +
+      ":/data:rw -- sh -c 'cat > /data/f; cat /data/f'");
+  EXPECT_EQ(r.out, "piped\n");
   // The bind was read-write: the file is on the host now.
   FILE* in = fopen(shared.Join("f").c_str(), "r");
   ASSERT_NE(in, nullptr);

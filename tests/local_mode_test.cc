@@ -23,20 +23,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
-struct CmdResult {
-  int exit_code;
-  std::string out;
-};
+using CmdResult = dsec::testing::CommandResult;
 
-CmdResult Sh(const std::string& cmd) {
-  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  int status = pclose(f);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+CmdResult Sh(const std::string& cmd) { return dsec::testing::RunCommand(cmd); }
 
 int CountMountsUnder(const std::string& dir) {
   std::ifstream in("/proc/self/mountinfo");

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/agent_server.h"
 #include "common/testing/test_util.h"
+#include "common/tls.h"
 #include "common/token.h"
 #include "controller/controller_server.h"
 #include "ctl/local_cluster.h"
@@ -74,7 +75,7 @@ TEST_F(TlsTest, EveryHopSpeaksMutualTlsAndPlaintextIsRefused) {
 
   ctl::ConnOptions opts;
   opts.controller = address;
-  opts.tls = tls_;
+  opts.credentials = *MakeChannelCredentials(tls_);
   opts.timeout = absl::Seconds(10);
   ctl::ControllerConn conn(opts);
   // The agent registers over mTLS.
@@ -114,7 +115,7 @@ TEST_F(TlsTest, EveryHopSpeaksMutualTlsAndPlaintextIsRefused) {
                        TlsFiles{dir_.Join("other.pem"), dir_.Join("other.key"),
                                 dir_.Join("other.pem")}}) {
     ctl::ConnOptions o = opts;
-    o.tls = bad;
+    o.credentials = *MakeChannelCredentials(bad);
     o.timeout = absl::Seconds(3);
     ctl::ControllerConn c(o);
     dsec::v1::ListNodesResponse nodes;

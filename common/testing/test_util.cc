@@ -1,5 +1,8 @@
 #include "common/testing/test_util.h"
 
+#include <stdio.h>
+#include <sys/wait.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -61,6 +64,17 @@ bool RunningUnderCi() {
 std::string BinDir() {
   const char* dir = getenv("DSEC_BIN_DIR");
   return dir ? dir : "";
+}
+
+CommandResult RunCommand(const std::string& command) {
+  FILE* f = popen((command + " 2>&1").c_str(), "r");
+  if (f == nullptr) return {-1, "popen failed"};
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  int status = pclose(f);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 }  // namespace dsec::testing

@@ -41,6 +41,13 @@ bool RunningUnderCi();
 // Directory holding the project's built binaries ($DSEC_BIN_DIR).
 std::string BinDir();
 
+// Runs `command` with /bin/sh, stdout and stderr together in `out`.
+struct CommandResult {
+  int exit_code;  // -1 when killed by a signal
+  std::string out;
+};
+CommandResult RunCommand(const std::string& command);
+
 }  // namespace dsec::testing
 
 // Use at the top of a test that needs something of the host (root, user
