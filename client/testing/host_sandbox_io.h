@@ -23,7 +23,8 @@ class HostSandboxIo : public SandboxIo {
   absl::StatusOr<ExecOutcome> Run(const Command& command) override;
   absl::Status WriteFile(absl::string_view path, absl::string_view data,
                          uint32_t mode = 0644) override;
-  absl::StatusOr<std::string> ReadFile(absl::string_view path, int64_t max_bytes,
+  absl::StatusOr<std::string> ReadFile(absl::string_view path,
+                                       int64_t max_bytes,
                                        bool* truncated = nullptr) override;
 
   // Host path of a sandbox path.
