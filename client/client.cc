@@ -12,6 +12,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "client/convert.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "common/token.h"
@@ -35,18 +36,6 @@ grpc::ChannelArguments ChannelArgs() {
   // Keep idle agent connections alive across long tool loops.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   return args;
-}
-
-google::protobuf::Duration ToProto(absl::Duration d) {
-  google::protobuf::Duration p;
-  int64_t ns = absl::ToInt64Nanoseconds(d);
-  p.set_seconds(ns / 1000000000);
-  p.set_nanos(static_cast<int32_t>(ns % 1000000000));
-  return p;
-}
-
-absl::Duration FromProto(const google::protobuf::Duration& p) {
-  return absl::Seconds(p.seconds()) + absl::Nanoseconds(p.nanos());
 }
 
 bool IsTerminal(v1::SandboxState s) {
@@ -107,27 +96,16 @@ absl::StatusOr<ExecOutcome> ToOutcome(const v1::ExecResult& r,
       r.stderr_data().empty() ? std::move(streamed_err) : r.stderr_data();
   o.stdout_truncated = r.stdout_truncated();
   o.stderr_truncated = r.stderr_truncated();
-  o.wall_time = FromProto(r.wall_time());
-  o.cpu_time = FromProto(r.cpu_time());
+  o.wall_time = FromProtoDuration(r.wall_time());
+  o.cpu_time = FromProtoDuration(r.cpu_time());
   o.peak_memory_bytes = r.peak_memory_bytes();
   o.replayed = r.replayed();
   return o;
 }
 
 v1::ExecRequest ToRequest(const Command& c) {
-  v1::ExecRequest r;
-  if (!c.shell.empty()) {
-    r.set_shell(c.shell);
-  } else {
-    for (const auto& a : c.argv) r.mutable_argv()->add_args(a);
-  }
-  r.set_stdin_data(c.stdin_data);
-  for (const auto& [k, v] : c.env) (*r.mutable_env())[k] = v;
-  r.set_cwd(c.cwd);
-  *r.mutable_timeout() = ToProto(c.timeout);
-  r.set_max_stdout_bytes(c.max_output_bytes);
-  r.set_max_stderr_bytes(c.max_output_bytes);
-  r.set_action_id(c.action_id.empty() ? "c-" + RandomHex(12) : c.action_id);
+  v1::ExecRequest r = ToExecRequest(c);
+  if (r.action_id().empty()) r.set_action_id("c-" + RandomHex(12));
   return r;
 }
 
@@ -830,7 +808,7 @@ absl::StatusOr<SandboxGroup> Client::CreateGroup(const v1::SandboxSpec& spec,
   req.set_request_id(opts.request_id.empty() ? "r-" + RandomHex(12)
                                              : opts.request_id);
   if (opts.queue_timeout > absl::ZeroDuration()) {
-    *req.mutable_queue_timeout() = ToProto(opts.queue_timeout);
+    *req.mutable_queue_timeout() = ToProtoDuration(opts.queue_timeout);
   }
   v1::CreateSandboxesResponse resp;
   grpc::Status s = impl_->Retry(
@@ -867,7 +845,7 @@ absl::StatusOr<SandboxGroup> Client::ForkSnapshot(absl::string_view snapshot_id,
   req.set_request_id(opts.request_id.empty() ? "f-" + RandomHex(12)
                                              : opts.request_id);
   if (opts.queue_timeout > absl::ZeroDuration()) {
-    *req.mutable_queue_timeout() = ToProto(opts.queue_timeout);
+    *req.mutable_queue_timeout() = ToProtoDuration(opts.queue_timeout);
   }
   v1::ForkSandboxResponse resp;
   grpc::Status s = impl_->Retry(

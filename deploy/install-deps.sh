@@ -10,7 +10,7 @@ PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev
   # storage, FUSE, sandboxing
-  librocksdb-dev libfuse3-dev fuse3 libseccomp-dev libcap-dev
+  zlib1g-dev librocksdb-dev libfuse3-dev fuse3 libseccomp-dev libcap-dev
   # crypto, logging, HTTP, JSON
   openssl libssl-dev libspdlog-dev libfmt-dev libcpp-httplib-dev nlohmann-json3-dev
   # tests and benchmarks
