@@ -948,4 +948,27 @@ absl::Status Client::RenewLease() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<JobInfo> CreateJob(const ClientOptions& admin,
+                                  absl::string_view name, int max_sandboxes,
+                                  absl::Duration lease_ttl) {
+  auto creds = admin.credentials ? admin.credentials
+                                 : grpc::InsecureChannelCredentials();
+  auto stub = v1::Jobs::NewStub(
+      grpc::CreateCustomChannel(admin.controller, creds, ChannelArgs()));
+  v1::CreateJobRequest req;
+  req.set_name(std::string(name));
+  req.mutable_quota()->set_max_sandboxes(max_sandboxes);
+  req.set_weight(1);
+  *req.mutable_lease_ttl() = ToProtoDuration(lease_ttl);
+  v1::Job job;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + admin.call_timeout));
+  if (!admin.api_key.empty()) {
+    ctx.AddMetadata("authorization", absl::StrCat("Bearer ", admin.api_key));
+  }
+  grpc::Status s = stub->CreateJob(&ctx, req, &job);
+  if (!s.ok()) return WithContext(s, absl::StrCat("create job ", name));
+  return JobInfo{job.id(), job.api_key()};
+}
+
 }  // namespace dsec::client

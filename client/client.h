@@ -241,6 +241,16 @@ class Client : public std::enable_shared_from_this<Client> {
   std::unique_ptr<Impl> impl_;
 };
 
+// Creates a job (an RL run) with its own API key. `admin` carries the
+// controller address and the admin key (none in local mode).
+struct JobInfo {
+  std::string job_id;
+  std::string api_key;
+};
+absl::StatusOr<JobInfo> CreateJob(const ClientOptions& admin,
+                                  absl::string_view name, int max_sandboxes,
+                                  absl::Duration lease_ttl = absl::Hours(1));
+
 }  // namespace dsec::client
 
 #endif  // DSEC_CLIENT_CLIENT_H_

@@ -1,0 +1,506 @@
+// `import dsec`: the Python face of the C++ client (client/client.h,
+// client/trajectory.h). Every blocking call releases the GIL; run_async
+// returns an asyncio future completed from a gRPC thread.
+//
+// Errors: the program failing is an ExecResult (exit_code, kind, ...);
+// the infrastructure failing raises dsec.InfraError (a trainer masks the
+// sample), or its subclass dsec.SandboxLost when the sandbox's node died
+// (replay recovers); bad arguments raise ValueError.
+#include <pybind11/functional.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "client/trajectory.h"
+
+namespace py = pybind11;
+using namespace dsec::client;  // NOLINT: the module mirrors the namespace
+
+namespace {
+
+PyObject* g_infra_error = nullptr;
+PyObject* g_sandbox_lost = nullptr;
+
+[[noreturn]] void Raise(const absl::Status& s) {
+  std::string msg =
+      absl::StrCat(absl::StatusCodeToString(s.code()), ": ", s.message());
+  if (s.code() == absl::StatusCode::kInvalidArgument) {
+    throw py::value_error(msg);
+  }
+  PyErr_SetString(IsSandboxLost(s) ? g_sandbox_lost : g_infra_error,
+                  msg.c_str());
+  throw py::error_already_set();
+}
+
+template <typename T>
+T Check(absl::StatusOr<T> r) {
+  if (!r.ok()) Raise(r.status());
+  return std::move(*r);
+}
+void Check(const absl::Status& s) {
+  if (!s.ok()) Raise(s);
+}
+
+using CommandArg = std::variant<std::string, std::vector<std::string>>;
+
+Command MakeCommand(const CommandArg& cmd, double timeout,
+                    std::optional<std::string> stdin_data,
+                    std::map<std::string, std::string> env, std::string cwd,
+                    int64_t max_output_bytes) {
+  Command c = std::holds_alternative<std::string>(cmd)
+                  ? Command::Shell(std::get<std::string>(cmd))
+                  : Command::Argv(std::get<std::vector<std::string>>(cmd));
+  if (timeout <= 0) throw py::value_error("timeout must be > 0 seconds");
+  c.timeout = absl::Seconds(timeout);
+  if (stdin_data) c.stdin_data = *stdin_data;
+  c.env = std::move(env);
+  c.cwd = std::move(cwd);
+  c.max_output_bytes = max_output_bytes;
+  return c;
+}
+
+dsec::v1::SandboxSpec MakeSpec(int64_t memory_mb, int64_t cpu_millicores,
+                               int64_t pids, int64_t disk_mb,
+                               std::map<std::string, std::string> env,
+                               std::map<std::string, std::string> labels,
+                               std::string image, std::string workdir,
+                               std::string warm_pool_class, double ttl) {
+  dsec::v1::SandboxSpec spec;
+  spec.mutable_limits()->set_memory_bytes(memory_mb << 20);
+  spec.mutable_limits()->set_cpu_millicores(cpu_millicores);
+  spec.mutable_limits()->set_pids(pids);
+  spec.mutable_limits()->set_disk_bytes(disk_mb << 20);
+  for (auto& [k, v] : env) (*spec.mutable_env())[k] = v;
+  for (auto& [k, v] : labels) (*spec.mutable_labels())[k] = v;
+  spec.set_image(image);
+  spec.set_workdir(workdir);
+  spec.set_warm_pool_class(warm_pool_class);
+  if (ttl > 0) spec.mutable_ttl()->set_seconds(static_cast<int64_t>(ttl));
+  return spec;
+}
+
+#define SPEC_ARGS                                               \
+  py::arg("memory_mb") = 512, py::arg("cpu_millicores") = 1000, \
+  py::arg("pids") = 256, py::arg("disk_mb") = 512,              \
+  py::arg("env") = std::map<std::string, std::string>{},        \
+  py::arg("labels") = std::map<std::string, std::string>{},     \
+  py::arg("image") = "", py::arg("workdir") = "",               \
+  py::arg("warm_pool_class") = "", py::arg("ttl") = 0.0
+
+#define RUN_ARGS                                                \
+  py::arg("cmd"), py::kw_only(),                                \
+      py::arg("timeout") = 30.0, py::arg("stdin") = py::none(), \
+      py::arg("env") = std::map<std::string, std::string>{},    \
+      py::arg("cwd") = "", py::arg("max_output_bytes") = int64_t{1} << 20
+
+}  // namespace
+
+PYBIND11_MODULE(dsec, m) {
+  m.doc() =
+      "dsec: sandboxes for agentic RL. Client -> Sandbox.run(); "
+      "Trajectory for preemption-safe rollouts.";
+
+  g_infra_error = PyErr_NewExceptionWithDoc(
+      "dsec.InfraError",
+      "The infrastructure failed (not the program): mask the sample.",
+      PyExc_RuntimeError, nullptr);
+  g_sandbox_lost = PyErr_NewExceptionWithDoc(
+      "dsec.SandboxLost",
+      "The sandbox is gone with its node: recreate it and replay.",
+      g_infra_error, nullptr);
+  m.attr("InfraError") = py::handle(g_infra_error);
+  m.attr("SandboxLost") = py::handle(g_sandbox_lost);
+
+  py::class_<ExecOutcome>(m, "ExecResult")
+      .def_property_readonly("kind",
+                             [](const ExecOutcome& o) {
+                               return std::string(ExitKindName(o.kind));
+                             })
+      .def_readonly("exit_code", &ExecOutcome::exit_code)
+      .def_readonly("signal", &ExecOutcome::signal)
+      .def_property_readonly(
+          "stdout",
+          [](const ExecOutcome& o) { return py::bytes(o.stdout_data); })
+      .def_property_readonly(
+          "stderr",
+          [](const ExecOutcome& o) { return py::bytes(o.stderr_data); })
+      .def_property_readonly(
+          "stdout_text",
+          [](const ExecOutcome& o) {
+            return py::str(PyUnicode_DecodeUTF8(
+                o.stdout_data.data(), o.stdout_data.size(), "replace"));
+          })
+      .def_property_readonly(
+          "stderr_text",
+          [](const ExecOutcome& o) {
+            return py::str(PyUnicode_DecodeUTF8(
+                o.stderr_data.data(), o.stderr_data.size(), "replace"));
+          })
+      .def_readonly("stdout_truncated", &ExecOutcome::stdout_truncated)
+      .def_readonly("stderr_truncated", &ExecOutcome::stderr_truncated)
+      .def_property_readonly(
+          "timed_out",
+          [](const ExecOutcome& o) { return o.kind == ExitKind::kTimedOut; })
+      .def_property_readonly(
+          "oom_killed",
+          [](const ExecOutcome& o) { return o.kind == ExitKind::kOomKilled; })
+      .def_property_readonly("wall_time",
+                             [](const ExecOutcome& o) {
+                               return absl::ToDoubleSeconds(o.wall_time);
+                             })
+      .def_property_readonly("cpu_time",
+                             [](const ExecOutcome& o) {
+                               return absl::ToDoubleSeconds(o.cpu_time);
+                             })
+      .def_readonly("peak_memory_bytes", &ExecOutcome::peak_memory_bytes)
+      .def_readonly("replayed", &ExecOutcome::replayed)
+      .def_property_readonly("ok", &ExecOutcome::ok)
+      .def("__repr__", [](const ExecOutcome& o) {
+        return absl::StrCat("<dsec.ExecResult ", ExitKindName(o.kind),
+                            " exit_code=", o.exit_code, " signal=", o.signal,
+                            " stdout=", o.stdout_data.size(), "B>");
+      });
+
+  py::class_<Sandbox, std::shared_ptr<Sandbox>>(m, "Sandbox")
+      .def_property_readonly("id", &Sandbox::id)
+      .def_property_readonly("node_id", &Sandbox::node_id)
+      .def(
+          "run",
+          [](Sandbox& s, const CommandArg& cmd, double timeout,
+             std::optional<std::string> stdin_data,
+             std::map<std::string, std::string> env, std::string cwd,
+             int64_t max_output_bytes) {
+            Command c =
+                MakeCommand(cmd, timeout, std::move(stdin_data), std::move(env),
+                            std::move(cwd), max_output_bytes);
+            absl::StatusOr<ExecOutcome> r;
+            {
+              py::gil_scoped_release release;
+              r = s.Run(c);
+            }
+            return Check(std::move(r));
+          },
+          RUN_ARGS,
+          "Runs a shell string (/bin/sh -c) or an argv list; returns an "
+          "ExecResult.")
+      .def(
+          "run_async",
+          [](std::shared_ptr<Sandbox> s, const CommandArg& cmd, double timeout,
+             std::optional<std::string> stdin_data,
+             std::map<std::string, std::string> env, std::string cwd,
+             int64_t max_output_bytes) {
+            Command c =
+                MakeCommand(cmd, timeout, std::move(stdin_data), std::move(env),
+                            std::move(cwd), max_output_bytes);
+            py::object loop =
+                py::module_::import("asyncio").attr("get_running_loop")();
+            py::object future = loop.attr("create_future")();
+            auto state = std::make_shared<std::pair<py::object, py::object>>(
+                loop, future);
+            {
+              py::gil_scoped_release release;
+              s->RunAsync(c, [state](absl::StatusOr<ExecOutcome> r) {
+                py::gil_scoped_acquire acquire;
+                try {
+                  py::object fut = state->second;
+                  py::object loop = state->first;
+                  py::object setter;
+                  py::object value;
+                  if (r.ok()) {
+                    setter = py::cpp_function([fut](py::object v) {
+                      if (!fut.attr("done")().cast<bool>()) {
+                        fut.attr("set_result")(v);
+                      }
+                    });
+                    value = py::cast(std::move(*r));
+                  } else {
+                    PyObject* type = IsSandboxLost(r.status()) ? g_sandbox_lost
+                                                               : g_infra_error;
+                    value =
+                        py::reinterpret_steal<py::object>(PyObject_CallFunction(
+                            type, "s",
+                            std::string(r.status().message()).c_str()));
+                    setter = py::cpp_function([fut](py::object e) {
+                      if (!fut.attr("done")().cast<bool>()) {
+                        fut.attr("set_exception")(e);
+                      }
+                    });
+                  }
+                  loop.attr("call_soon_threadsafe")(setter, value);
+                } catch (py::error_already_set& e) {
+                  // The loop is closed: nobody is waiting any more.
+                  e.restore();
+                  PyErr_Clear();
+                }
+                state->first = py::none();
+                state->second = py::none();
+              });
+            }
+            return future;
+          },
+          RUN_ARGS, "Like run(), as an awaitable (asyncio).")
+      .def(
+          "write_file",
+          [](Sandbox& s, const std::string& path, py::object data,
+             uint32_t mode) {
+            std::string bytes = py::isinstance<py::str>(data)
+                                    ? data.cast<std::string>()
+                                    : std::string(data.cast<py::bytes>());
+            py::gil_scoped_release release;
+            Check(s.WriteFile(path, bytes, mode));
+          },
+          py::arg("path"), py::arg("data"), py::arg("mode") = 0644)
+      .def(
+          "read_file",
+          [](Sandbox& s, const std::string& path, int64_t max_bytes) {
+            absl::StatusOr<std::string> r;
+            {
+              py::gil_scoped_release release;
+              r = s.ReadFile(path, max_bytes);
+            }
+            return py::bytes(Check(std::move(r)));
+          },
+          py::arg("path"), py::arg("max_bytes") = int64_t{64} << 20)
+      .def(
+          "list_files",
+          [](Sandbox& s, const std::string& path, bool recursive) {
+            absl::StatusOr<std::vector<Sandbox::FileEntry>> r;
+            {
+              py::gil_scoped_release release;
+              r = s.ListFiles(path, recursive);
+            }
+            py::list out;
+            for (const auto& e : Check(std::move(r))) {
+              py::dict d;
+              d["path"] = e.path;
+              d["is_dir"] = e.is_dir;
+              d["size"] = e.size_bytes;
+              d["mode"] = e.mode;
+              out.append(d);
+            }
+            return out;
+          },
+          py::arg("path"), py::arg("recursive") = false)
+      .def(
+          "delete_file",
+          [](Sandbox& s, const std::string& path, bool recursive) {
+            py::gil_scoped_release release;
+            Check(s.DeleteFile(path, recursive));
+          },
+          py::arg("path"), py::arg("recursive") = false)
+      .def("park",
+           [](Sandbox& s) {
+             py::gil_scoped_release release;
+             Check(s.Park());
+           })
+      .def("unpark",
+           [](Sandbox& s) {
+             py::gil_scoped_release release;
+             Check(s.Unpark());
+           })
+      .def("snapshot",
+           [](Sandbox& s) {
+             py::gil_scoped_release release;
+             return Check(s.Snapshot());
+           })
+      .def("delete", [](Sandbox& s) {
+        py::gil_scoped_release release;
+        Check(s.Delete());
+      });
+
+  py::class_<SandboxGroup>(m, "Group")
+      .def_property_readonly("group_id", &SandboxGroup::group_id)
+      .def("__len__", &SandboxGroup::size)
+      .def("__getitem__",
+           [](const SandboxGroup& g, size_t i) {
+             if (i >= g.size()) throw py::index_error();
+             return g[i];
+           })
+      .def_property_readonly("members", &SandboxGroup::members)
+      .def(
+          "run_all",
+          [](SandboxGroup& g, const CommandArg& cmd, double timeout,
+             std::optional<std::string> stdin_data,
+             std::map<std::string, std::string> env, std::string cwd,
+             int64_t max_output_bytes) {
+            Command c =
+                MakeCommand(cmd, timeout, std::move(stdin_data), std::move(env),
+                            std::move(cwd), max_output_bytes);
+            std::vector<absl::StatusOr<ExecOutcome>> results;
+            {
+              py::gil_scoped_release release;
+              results = g.RunAll(c);
+            }
+            // Per member: an ExecResult, or the InfraError instance.
+            py::list out;
+            for (auto& r : results) {
+              if (r.ok()) {
+                out.append(py::cast(std::move(*r)));
+              } else {
+                PyObject* type =
+                    IsSandboxLost(r.status()) ? g_sandbox_lost : g_infra_error;
+                out.append(
+                    py::reinterpret_steal<py::object>(PyObject_CallFunction(
+                        type, "s", std::string(r.status().message()).c_str())));
+              }
+            }
+            return out;
+          },
+          RUN_ARGS,
+          "Runs on every member concurrently; returns one ExecResult (or "
+          "InfraError instance) per member, in order.")
+      .def("delete", [](SandboxGroup& g) {
+        py::gil_scoped_release release;
+        Check(g.Delete());
+      });
+
+  py::class_<Client, std::shared_ptr<Client>>(m, "Client")
+      .def(py::init([](std::string controller, std::string api_key,
+                       std::string job_id, double call_timeout) {
+             ClientOptions o;
+             o.controller = std::move(controller);
+             o.api_key = std::move(api_key);
+             o.job_id = std::move(job_id);
+             o.call_timeout = absl::Seconds(call_timeout);
+             return Check(Client::Create(o));
+           }),
+           py::arg("controller") = "127.0.0.1:7070", py::arg("api_key") = "",
+           py::arg("job_id") = "", py::arg("call_timeout") = 60.0)
+      .def(
+          "create_sandbox",
+          [](Client& c, int64_t memory_mb, int64_t cpu_millicores, int64_t pids,
+             int64_t disk_mb, std::map<std::string, std::string> env,
+             std::map<std::string, std::string> labels, std::string image,
+             std::string workdir, std::string warm_pool_class, double ttl) {
+            auto spec = MakeSpec(memory_mb, cpu_millicores, pids, disk_mb,
+                                 std::move(env), std::move(labels), image,
+                                 workdir, warm_pool_class, ttl);
+            py::gil_scoped_release release;
+            return Check(c.CreateSandbox(spec));
+          },
+          py::kw_only(), SPEC_ARGS)
+      .def(
+          "create_group",
+          [](Client& c, int count, int64_t memory_mb, int64_t cpu_millicores,
+             int64_t pids, int64_t disk_mb,
+             std::map<std::string, std::string> env,
+             std::map<std::string, std::string> labels, std::string image,
+             std::string workdir, std::string warm_pool_class, double ttl) {
+            if (count < 1) throw py::value_error("count must be >= 1");
+            auto spec = MakeSpec(memory_mb, cpu_millicores, pids, disk_mb,
+                                 std::move(env), std::move(labels), image,
+                                 workdir, warm_pool_class, ttl);
+            py::gil_scoped_release release;
+            return Check(c.CreateGroup(spec, count));
+          },
+          py::arg("count"), py::kw_only(), SPEC_ARGS)
+      .def(
+          "fork",
+          [](Client& c, const Sandbox& source, int count) {
+            if (count < 1) throw py::value_error("count must be >= 1");
+            py::gil_scoped_release release;
+            return Check(c.Fork(source, count));
+          },
+          py::arg("sandbox"), py::arg("count"))
+      .def(
+          "attach",
+          [](Client& c, const std::string& id) {
+            py::gil_scoped_release release;
+            return Check(c.Attach(id));
+          },
+          py::arg("sandbox_id"))
+      .def("renew_lease", [](Client& c) {
+        py::gil_scoped_release release;
+        Check(c.RenewLease());
+      });
+
+  py::class_<Trajectory>(m, "Trajectory")
+      .def(py::init([](std::shared_ptr<Client> client, std::string log_path,
+                       std::string trajectory_id, int64_t memory_mb,
+                       std::string base_snapshot_id, std::string sandbox_id) {
+             TrajectoryOptions o;
+             o.log_path = std::move(log_path);
+             o.trajectory_id = std::move(trajectory_id);
+             o.spec.mutable_limits()->set_memory_bytes(memory_mb << 20);
+             o.base_snapshot_id = std::move(base_snapshot_id);
+             o.sandbox_id = std::move(sandbox_id);
+             return Check(Trajectory::Open(std::move(client), o));
+           }),
+           py::arg("client"), py::arg("log_path"), py::arg("trajectory_id"),
+           py::kw_only(), py::arg("memory_mb") = 512,
+           py::arg("base_snapshot_id") = "", py::arg("sandbox_id") = "")
+      .def(
+          "run",
+          [](Trajectory& t, const CommandArg& cmd, double timeout,
+             std::optional<std::string> stdin_data,
+             std::map<std::string, std::string> env, std::string cwd,
+             int64_t max_output_bytes) {
+            Command c =
+                MakeCommand(cmd, timeout, std::move(stdin_data), std::move(env),
+                            std::move(cwd), max_output_bytes);
+            absl::StatusOr<ExecOutcome> r;
+            {
+              py::gil_scoped_release release;
+              r = t.Run(c);
+            }
+            return Check(std::move(r));
+          },
+          RUN_ARGS)
+      .def(
+          "write_file",
+          [](Trajectory& t, const std::string& path, py::object data) {
+            std::string bytes = py::isinstance<py::str>(data)
+                                    ? data.cast<std::string>()
+                                    : std::string(data.cast<py::bytes>());
+            py::gil_scoped_release release;
+            Check(t.WriteFile(path, bytes));
+          },
+          py::arg("path"), py::arg("data"))
+      .def(
+          "read_file",
+          [](Trajectory& t, const std::string& path, int64_t max_bytes) {
+            absl::StatusOr<std::string> r;
+            {
+              py::gil_scoped_release release;
+              r = t.ReadFile(path, max_bytes);
+            }
+            return py::bytes(Check(std::move(r)));
+          },
+          py::arg("path"), py::arg("max_bytes") = int64_t{64} << 20)
+      .def("snapshot",
+           [](Trajectory& t) {
+             py::gil_scoped_release release;
+             return Check(t.Snapshot());
+           })
+      .def_property_readonly("next_step", &Trajectory::next_step)
+      .def_property_readonly("logged_steps", &Trajectory::logged_steps)
+      .def_property_readonly("rebuilds", &Trajectory::rebuilds)
+      .def_property_readonly("sandbox_id", &Trajectory::sandbox_id)
+      .def("close", [](Trajectory& t) {
+        py::gil_scoped_release release;
+        Check(t.Close());
+      });
+
+  m.def(
+      "create_job",
+      [](std::string controller, std::string name, int max_sandboxes,
+         std::string admin_key) {
+        ClientOptions o;
+        o.controller = std::move(controller);
+        o.api_key = std::move(admin_key);
+        JobInfo j;
+        {
+          py::gil_scoped_release release;
+          j = Check(CreateJob(o, name, max_sandboxes));
+        }
+        return py::make_tuple(j.job_id, j.api_key);
+      },
+      py::arg("controller"), py::arg("name"), py::arg("max_sandboxes") = 1000,
+      py::arg("admin_key") = "", "Creates a job; returns (job_id, api_key).");
+}

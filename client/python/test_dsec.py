@@ -1,0 +1,91 @@
+"""The Python module against a local cluster: runs, typed failures, files,
+groups, asyncio, trajectories and the verl-style reward function."""
+import asyncio
+import os
+import sys
+
+import pytest
+
+import dsec
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                "examples"))
+
+
+def test_run_keeps_state_and_types_failures(client):
+    sb = client.create_sandbox(memory_mb=256)
+    r = sb.run("echo hi > /root/f; cat /root/f")
+    assert r.ok and r.exit_code == 0 and r.stdout == b"hi\n"
+    r = sb.run(["sh", "-c", "exit 7"])
+    assert not r.ok and r.kind == "exited" and r.exit_code == 7
+    r = sb.run("sleep 10", timeout=0.3)
+    assert r.timed_out and r.kind == "timed_out"
+    r = sb.run("python3 -c 'print(sum(range(10)))'")
+    assert r.stdout_text == "45\n"
+    with pytest.raises(ValueError):
+        sb.run("true", timeout=-1)
+    sb.delete()
+    with pytest.raises(dsec.SandboxLost):
+        sb.run("true")
+    # SandboxLost is an InfraError: a trainer masks both.
+    assert issubclass(dsec.SandboxLost, dsec.InfraError)
+
+
+def test_files_round_trip(client):
+    sb = client.create_sandbox()
+    sb.write_file("/root/a/b.txt", "héllo")
+    sb.write_file("/root/bin.dat", bytes(range(256)))
+    assert sb.read_file("/root/a/b.txt").decode() == "héllo"
+    assert sb.read_file("/root/bin.dat") == bytes(range(256))
+    names = [e["path"] for e in sb.list_files("/root/a")]
+    assert names == ["/root/a/b.txt"]
+    with pytest.raises(dsec.InfraError):
+        sb.read_file("/root/missing")
+    sb.delete()
+
+
+def test_group_run_all_and_fork(client):
+    g = client.create_group(4, memory_mb=256)
+    assert len(g) == 4
+    results = g.run_all("echo $((2+3))")
+    assert [r.stdout for r in results] == [b"5\n"] * 4
+    g[0].write_file("/root/prefix", "shared")
+    forks = client.fork(g[0], 3)
+    assert [r.stdout for r in forks.run_all("cat /root/prefix")] == \
+        [b"shared"] * 3
+    forks.delete()
+    g.delete()
+
+
+def test_asyncio_runs_concurrently(client):
+    g = client.create_group(4, memory_mb=256)
+
+    async def main():
+        tasks = [m.run_async("sleep 0.5; echo done") for m in g.members
+                 for _ in range(2)]
+        return await asyncio.gather(*tasks)
+
+    import time
+    start = time.time()
+    results = asyncio.run(main())
+    elapsed = time.time() - start
+    assert all(r.stdout == b"done\n" for r in results)
+    assert len(results) == 8
+    # Eight half-second sleeps in parallel, not in series.
+    assert elapsed < 3.5
+    g.delete()
+
+
+def test_trajectory_fast_forwards(client, tmp_path):
+    log = str(tmp_path / "t.dtl")
+    t = dsec.Trajectory(client, log, "py-traj", memory_mb=256)
+    first = t.run("head -c8 /dev/urandom | od -An -tx8")
+    t.write_file("/root/x", "1")
+    del t  # the rollout "died"
+    t = dsec.Trajectory(client, log, "py-traj")
+    assert t.logged_steps == 2
+    again = t.run("head -c8 /dev/urandom | od -An -tx8")
+    assert again.replayed and again.stdout == first.stdout
+    t.write_file("/root/x", "1")
+    assert t.read_file("/root/x") == b"1"
+    t.close()
