@@ -45,6 +45,12 @@ int LocalUp(dsec::ctl::CommandContext ctx,
       }
     } else if (a == "--warm_pool") {
       if (!absl::SimpleAtoi(value(), &options.warm_pool_size)) return 2;
+    } else if (a == "--max_sandboxes") {
+      if (!absl::SimpleAtoi(value(), &options.max_sandboxes) ||
+          options.max_sandboxes < 1) {
+        std::cerr << "usage error: --max_sandboxes needs a number >= 1\n";
+        return 2;
+      }
     } else if (a == "--metrics_port") {
       if (!absl::SimpleAtoi(value(), &options.metrics_port)) return 2;
     } else if (a == "--demo") {
@@ -54,7 +60,8 @@ int LocalUp(dsec::ctl::CommandContext ctx,
     } else {
       std::cerr << "usage error: unknown flag " << a
                 << " (local up [--data_dir DIR] [--port N] [--warm_pool N] "
-                   "[--metrics_port N] [--demo] [--count N])\n";
+                   "[--max_sandboxes N] [--metrics_port N] [--demo] "
+                   "[--count N])\n";
       return 2;
     }
   }
