@@ -3,7 +3,8 @@
 //    while it is live: STARTING, RUNNING, PARKED, SNAPSHOTTING. The move to
 //    TERMINATING or any terminal state releases both, in Transition().
 //  * Every sandbox change bumps rv_, appends one event to history_ and is
-//    written to the store in the same critical section.
+//    written to the store (sandbox record and event) in the same critical
+//    section and batch.
 //  * Agent RPCs run without mu_ held; their results are applied under mu_
 //    and re-checked (the sandbox may have been deleted meanwhile).
 #include "controller/controller_server.h"
@@ -244,6 +245,7 @@ struct ControllerServer::Impl {
   int64_t next_seq ABSL_GUARDED_BY(mu) = 0;
   int64_t rv ABSL_GUARDED_BY(mu) = 0;
   std::deque<v1::SandboxEvent> history ABSL_GUARDED_BY(mu);
+  uint64_t history_trimmed ABSL_GUARDED_BY(mu) = 0;
   std::deque<std::pair<absl::Time, std::string>> terminal_order
       ABSL_GUARDED_BY(mu);
   int64_t state_counts[10] ABSL_GUARDED_BY(mu) = {};
@@ -295,14 +297,23 @@ struct ControllerServer::Impl {
     PublishNodeGauges();
   }
 
-  void Emit(v1::SandboxEvent::Type type, const v1::Sandbox& sb)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  // Publishes an event to watchers and persists it in `batch`, so that a
+  // watch resumes across a controller restart.
+  void Emit(v1::SandboxEvent::Type type, const v1::Sandbox& sb,
+            Store::Batch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     v1::SandboxEvent ev;
     ev.set_type(type);
     *ev.mutable_sandbox() = sb;
     ev.set_resource_version(sb.resource_version());
+    batch->PutEvent(ev);
     history.push_back(std::move(ev));
-    while (history.size() > options.watch_history) history.pop_front();
+    while (history.size() > options.watch_history) {
+      history.pop_front();
+      // Trim the stored history in steps, not one delete per event.
+      if (++history_trimmed % 1024 == 0) {
+        batch->DeleteEventsBefore(history.front().resource_version());
+      }
+    }
     cv.SignalAll();
   }
 
@@ -364,7 +375,7 @@ struct ControllerServer::Impl {
     if (state == v1::SANDBOX_STATE_TERMINATED)
       type = v1::SandboxEvent::TYPE_DELETED;
     if (state == v1::SANDBOX_STATE_LOST) type = v1::SandboxEvent::TYPE_LOST;
-    Emit(type, r.sb);
+    Emit(type, r.sb, batch);
     batch->PutSandbox(r.sb);
   }
 
@@ -678,7 +689,7 @@ struct ControllerServer::Impl {
         jit->second.sandboxes.emplace(absl::ToUnixNanos(now), sb.id());
       }
       Charge(r);
-      Emit(v1::SandboxEvent::TYPE_CREATED, sb);
+      Emit(v1::SandboxEvent::TYPE_CREATED, sb, &batch);
       batch.PutSandbox(sb);
       ids.push_back(sb.id());
       sandboxes.emplace(sb.id(), std::move(r));
@@ -995,7 +1006,7 @@ struct ControllerServer::Impl {
         r.sb.set_node_id(nn.node.node_id());
         r.sb.set_agent_endpoint(nn.node.endpoint());
         r.sb.set_resource_version(++rv);
-        Emit(v1::SandboxEvent::TYPE_STATE_CHANGED, r.sb);
+        Emit(v1::SandboxEvent::TYPE_STATE_CHANGED, r.sb, &batch);
         batch.PutSandbox(r.sb);
         placements_total++;
         Metrics::Get().placements->Inc();
@@ -1445,6 +1456,14 @@ struct ControllerServer::Impl {
       }
       std::string id = r.sb.id();
       sandboxes.emplace(std::move(id), std::move(r));
+    }
+    // The retained watch history, so watches resume across the restart.
+    size_t skip = st.events.size() > options.watch_history
+                      ? st.events.size() - options.watch_history
+                      : 0;
+    for (size_t i = skip; i < st.events.size(); ++i) {
+      rv = std::max(rv, st.events[i].resource_version());
+      history.push_back(std::move(st.events[i]));
     }
     std::sort(terminal_order.begin(), terminal_order.end());
     for (int s = 0; s < 10; ++s)

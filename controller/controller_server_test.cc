@@ -138,8 +138,10 @@ class FakeAgent final : public v1::NodeAgent::Service,
 
 class ControllerTest : public ::testing::Test {
  protected:
-  void StartController(absl::Duration hb_timeout = absl::Seconds(60)) {
+  void StartController(absl::Duration hb_timeout = absl::Seconds(60),
+                       size_t watch_history = 100000) {
     ControllerOptions o;
+    o.watch_history = watch_history;
     o.data_dir = dir_.Join("db");
     o.token_secret = kSecret;
     o.node_key = kNodeKey;
@@ -438,10 +440,30 @@ TEST_F(ControllerTest, WatchResumesFromResourceVersionAndRejectsTooOld) {
   EXPECT_EQ(ev.sandbox().state(), v1::SANDBOX_STATE_RUNNING);
   ctx->TryCancel();
   (void)reader->Finish();
-  // Older than the retained history (empty after a restart): OUT_OF_RANGE.
+
+  // The history survives a controller restart: resuming from the same
+  // version gets the same events, nothing lost or repeated.
   controller_->Shutdown();
   controller_.reset();
   StartController();
+  {
+    auto rctx = Ctx(key, absl::Seconds(10));
+    auto rreader = sandboxes_->WatchSandboxes(rctx.get(), wreq);
+    ASSERT_TRUE(rreader->Read(&ev));
+    EXPECT_EQ(ev.type(), v1::SandboxEvent::TYPE_CREATED);
+    EXPECT_EQ(ev.sandbox().id(), resp.handles(0).sandbox_id());
+    ASSERT_TRUE(rreader->Read(&ev));
+    EXPECT_EQ(ev.sandbox().state(), v1::SANDBOX_STATE_RUNNING);
+    ASSERT_TRUE(rreader->Read(&ev));
+    EXPECT_EQ(ev.type(), v1::SandboxEvent::TYPE_BOOKMARK);
+    rctx->TryCancel();
+    (void)rreader->Finish();
+  }
+
+  // Older than the retained history (one event kept): OUT_OF_RANGE.
+  controller_->Shutdown();
+  controller_.reset();
+  StartController(absl::Seconds(60), /*watch_history=*/1);
   auto octx = Ctx(key);
   v1::WatchSandboxesRequest old;
   old.set_resource_version(1);

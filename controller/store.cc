@@ -14,6 +14,14 @@ constexpr char kJob[] = "job/";
 constexpr char kSandbox[] = "sbx/";
 constexpr char kNode[] = "node/";
 constexpr char kSnapshot[] = "snap/";
+constexpr char kEvent[] = "ev/";
+
+std::string EventKey(int64_t rv) {
+  std::string digits = absl::StrCat(rv);
+  return absl::StrCat(
+      kEvent, std::string(20 - std::min<size_t>(20, digits.size()), '0'),
+      digits);
+}
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -35,28 +43,35 @@ absl::Status ParseInto(const rocksdb::Slice& key, const rocksdb::Slice& value,
 }  // namespace
 
 void Store::Batch::PutJob(const v1::Job& job) {
-  ops_.emplace_back(absl::StrCat(kJob, job.id()), job.SerializeAsString());
+  ops_.push_back({absl::StrCat(kJob, job.id()), job.SerializeAsString()});
 }
 void Store::Batch::DeleteJob(const std::string& id) {
-  ops_.emplace_back(absl::StrCat(kJob, id), std::nullopt);
+  ops_.push_back({absl::StrCat(kJob, id), std::nullopt});
 }
 void Store::Batch::PutSandbox(const v1::Sandbox& sandbox) {
-  ops_.emplace_back(absl::StrCat(kSandbox, sandbox.id()),
-                    sandbox.SerializeAsString());
+  ops_.push_back(
+      {absl::StrCat(kSandbox, sandbox.id()), sandbox.SerializeAsString()});
 }
 void Store::Batch::DeleteSandbox(const std::string& id) {
-  ops_.emplace_back(absl::StrCat(kSandbox, id), std::nullopt);
+  ops_.push_back({absl::StrCat(kSandbox, id), std::nullopt});
 }
 void Store::Batch::PutNode(const v1::Node& node) {
-  ops_.emplace_back(absl::StrCat(kNode, node.node_id()),
-                    node.SerializeAsString());
+  ops_.push_back(
+      {absl::StrCat(kNode, node.node_id()), node.SerializeAsString()});
 }
 void Store::Batch::PutSnapshot(const v1::Snapshot& snapshot) {
-  ops_.emplace_back(absl::StrCat(kSnapshot, snapshot.id()),
-                    snapshot.SerializeAsString());
+  ops_.push_back(
+      {absl::StrCat(kSnapshot, snapshot.id()), snapshot.SerializeAsString()});
 }
 void Store::Batch::DeleteSnapshot(const std::string& id) {
-  ops_.emplace_back(absl::StrCat(kSnapshot, id), std::nullopt);
+  ops_.push_back({absl::StrCat(kSnapshot, id), std::nullopt});
+}
+void Store::Batch::PutEvent(const v1::SandboxEvent& event) {
+  ops_.push_back(
+      {EventKey(event.resource_version()), event.SerializeAsString()});
+}
+void Store::Batch::DeleteEventsBefore(int64_t rv) {
+  ops_.push_back({std::string(kEvent), std::nullopt, EventKey(rv)});
 }
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
@@ -84,8 +99,11 @@ Store::~Store() {
 absl::Status Store::Write(Batch batch) {
   if (batch.ops_.empty()) return absl::OkStatus();
   rocksdb::WriteBatch wb;
-  for (auto& [key, value] : batch.ops_) {
-    rocksdb::Status s = value ? wb.Put(key, *value) : wb.Delete(key);
+  for (auto& op : batch.ops_) {
+    rocksdb::Status s = op.value ? wb.Put(op.key, *op.value)
+                        : op.range_end.empty()
+                            ? wb.Delete(op.key)
+                            : wb.DeleteRange(op.key, op.range_end);
     if (!s.ok()) return FromRocks(s, "store: batch");
   }
   rocksdb::WriteOptions wo;
@@ -109,6 +127,8 @@ absl::StatusOr<Store::State> Store::LoadAll() const {
       st = ParseInto(key, it->value(), &state.nodes);
     } else if (key.starts_with(kSnapshot)) {
       st = ParseInto(key, it->value(), &state.snapshots);
+    } else if (key.starts_with(kEvent)) {
+      st = ParseInto(key, it->value(), &state.events);
     }
     if (!st.ok()) return st;
   }

@@ -4,6 +4,8 @@
 //   sbx/<id>   dsec.v1.Sandbox
 //   node/<id>  dsec.v1.Node
 //   snap/<id>  dsec.v1.Snapshot
+//   ev/<rv>    dsec.v1.SandboxEvent, rv zero-padded to 20 digits (the watch
+//              history, so a watch resumes across a controller restart)
 // Mutations go through a Batch, applied atomically (one WriteBatch, WAL on,
 // no fsync per write: a controller crash loses nothing, a machine crash may
 // lose the last writes, which reconciliation with agents repairs).
@@ -23,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "dsec/v1/job_service.pb.h"
 #include "dsec/v1/node_service.pb.h"
+#include "dsec/v1/sandbox_service.pb.h"
 #include "dsec/v1/types.pb.h"
 
 namespace rocksdb {
@@ -42,13 +45,21 @@ class Store {
     void PutNode(const v1::Node& node);
     void PutSnapshot(const v1::Snapshot& snapshot);
     void DeleteSnapshot(const std::string& id);
+    void PutEvent(const v1::SandboxEvent& event);
+    // Drops every event with resource_version < rv.
+    void DeleteEventsBefore(int64_t rv);
     bool empty() const { return ops_.empty(); }
     size_t size() const { return ops_.size(); }
 
    private:
     friend class Store;
-    // value unset: delete.
-    std::vector<std::pair<std::string, std::optional<std::string>>> ops_;
+    struct Op {
+      std::string key;
+      // Unset: delete `key` (or the range [key, range_end) if that is set).
+      std::optional<std::string> value;
+      std::string range_end;
+    };
+    std::vector<Op> ops_;
   };
 
   struct State {
@@ -56,6 +67,8 @@ class Store {
     std::vector<v1::Sandbox> sandboxes;
     std::vector<v1::Node> nodes;
     std::vector<v1::Snapshot> snapshots;
+    // Oldest first.
+    std::vector<v1::SandboxEvent> events;
   };
 
   // Opens (creating if missing) the DB in `dir`.
