@@ -654,6 +654,52 @@ TEST_F(AgentTest, ListProcessesAndSignalByPid) {
             grpc::StatusCode::NOT_FOUND);
 }
 
+TEST_F(AgentTest, SignalByActionIdKillsThatExecsWholeTree) {
+  StartAgent();
+  ASSERT_TRUE(Start("sb1").ok());
+  // The exec leaves a daemon behind and then blocks.
+  v1::ExecRequest req =
+      Shell("sb1", "(sleep 300 > /dev/null 2>&1 &); echo up; sleep 300");
+  req.set_action_id("long");
+  ExecOutcome out;
+  std::thread t([&] { out = Exec(req); });
+  auto signal = [&](int sig) {
+    grpc::ClientContext ctx;
+    v1::SignalRequest s;
+    s.set_sandbox_id("sb1");
+    s.set_token(Token("sb1"));
+    s.set_action_id("long");
+    s.set_signal(sig);
+    v1::SignalResponse resp;
+    return runtime_->Signal(&ctx, s, &resp);
+  };
+  ASSERT_TRUE(Eventually([&] { return signal(SIGTERM).ok(); }));
+  t.join();
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.result().status(), v1::EXEC_STATUS_SIGNALED);
+  // The daemon went with it: no sleep is left in the sandbox.
+  EXPECT_EQ(Run("sb1", "ps -e -o comm= | grep -c sleep || true"), "0\n");
+  // Finished now: NOT_FOUND; a signal that cannot kill a tree: refused.
+  EXPECT_EQ(signal(SIGTERM).error_code(), grpc::StatusCode::NOT_FOUND);
+  req.set_action_id("other");
+  req.set_shell("sleep 300");
+  std::thread t2([&] { out = Exec(req); });
+  absl::SleepFor(absl::Milliseconds(300));
+  grpc::ClientContext ctx;
+  v1::SignalRequest s;
+  s.set_sandbox_id("sb1");
+  s.set_token(Token("sb1"));
+  s.set_action_id("other");
+  s.set_signal(SIGUSR1);
+  v1::SignalResponse resp;
+  EXPECT_EQ(runtime_->Signal(&ctx, s, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  s.set_signal(SIGKILL);
+  grpc::ClientContext ctx3;
+  EXPECT_TRUE(runtime_->Signal(&ctx3, s, &resp).ok());
+  t2.join();
+}
+
 // A fake controller: records registrations and heartbeats, answers the
 // first heartbeat with NOT_FOUND (forcing a re-register) and later ones with
 // the ids in `destroy`.

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <filesystem>
 
@@ -40,6 +41,8 @@ constexpr size_t kMaxListEntries = 100000;
 
 struct ActionRecord {
   std::string fingerprint;
+  // Signal by action_id asked for the exec's tree to be killed.
+  std::atomic<bool> kill_requested{false};
   absl::Notification done;
   absl::Status status;   // set before `done`
   std::string response;  // serialized response proto, set before `done`
@@ -719,7 +722,12 @@ absl::Status SandboxManager::Exec(const v1::ExecRequest& request,
   // Without an action id nobody can collect the result later: a client that
   // goes away takes its command's process tree with it. With one, the
   // command runs on and its result is recorded for a re-issue.
-  if (action_id.empty() && cancelled) exec.cancelled = cancelled;
+  if (action_id.empty() && cancelled) {
+    exec.cancelled = cancelled;
+  } else if (record) {
+    // Signal by action_id kills the whole tree, daemons included.
+    exec.cancelled = [record] { return record->kill_requested.load(); };
+  }
   absl::StatusOr<sandbox::ExecResult> ran = sb->Exec(exec, on_output);
   {
     absl::MutexLock lock(&entry->mu);
@@ -1291,9 +1299,26 @@ absl::StatusOr<v1::SignalResponse> SandboxManager::Signal(
         return absl::NotFoundError(absl::StrCat(
             "no running exec with action_id \"", request.action_id(), "\""));
       }
-      return absl::UnimplementedError(
-          "signalling an exec by action_id is not supported yet; signal its "
-          "pid (ListProcesses) or all");
+      // The tree of one exec is found and killed through its cgroup slot
+      // (however it forked or re-parented), which only SIGKILLs. Other
+      // signals go to a pid (ListProcesses) instead.
+      switch (signal) {
+        case SIGKILL:
+        case SIGTERM:
+        case SIGINT:
+        case SIGHUP:
+        case SIGQUIT:
+          break;
+        default:
+          return absl::InvalidArgumentError(absl::StrCat(
+              "signal ", signal,
+              " cannot target an exec by action_id: its whole process tree is "
+              "killed (SIGKILL, SIGTERM, SIGINT, SIGHUP, SIGQUIT); send other "
+              "signals to a pid from ListProcesses"));
+      }
+      it->second->kill_requested.store(true);
+      response.set_signaled_count(1);
+      return response;
     }
     default:
       return absl::InvalidArgumentError("set pid, action_id or all");
