@@ -317,6 +317,17 @@ struct ControllerServer::Impl {
     cv.SignalAll();
   }
 
+  // Adds (sign +1) or removes (-1) a snapshot's layer bytes to its job's
+  // usage (quota.snapshot_bytes).
+  void ChargeSnapshot(const v1::Snapshot& snap, int sign)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto jit = jobs.find(snap.job_id());
+    if (jit == jobs.end()) return;
+    auto* u = jit->second.job.mutable_usage();
+    u->set_snapshot_bytes(
+        std::max<int64_t>(0, u->snapshot_bytes() + sign * snap.size_bytes()));
+  }
+
   // Charges quota and node resources for a live sandbox (new or recovered).
   void Charge(SbxRec& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     const auto& lim = r.sb.spec().limits();
@@ -1431,7 +1442,10 @@ struct ControllerServer::Impl {
       rec.dead = false;
       SetNodeState(rec);
     }
-    for (auto& s : st.snapshots) snapshots[s.id()] = std::move(s);
+    for (auto& s : st.snapshots) {
+      ChargeSnapshot(s, +1);
+      snapshots[s.id()] = std::move(s);
+    }
     for (auto& sb : st.sandboxes) {
       rv = std::max(rv, sb.resource_version());
       SbxRec r;
@@ -1828,6 +1842,7 @@ class SandboxesService final : public v1::Sandboxes::Service {
         (!c.admin && it->second.job_id() != c.job_id)) {
       return Fail(absl::NotFoundError("snapshot not found"));
     }
+    impl_->ChargeSnapshot(it->second, -1);
     impl_->snapshots.erase(it);
     Store::Batch b;
     b.DeleteSnapshot(req->snapshot_id());
@@ -1884,6 +1899,17 @@ class SandboxesService final : public v1::Sandboxes::Service {
             absl::StrCat("sandbox is ", v1::SandboxState_Name(r->sb.state()),
                          ", not RUNNING or PARKED"));
       }
+      auto jit = impl_->jobs.find(r->sb.job_id());
+      if (jit != impl_->jobs.end()) {
+        const int64_t cap = jit->second.job.quota().snapshot_bytes();
+        const int64_t used = jit->second.job.usage().snapshot_bytes();
+        if (cap > 0 && used >= cap) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "the job's snapshot storage is full: ", used, " of ", cap,
+              " bytes (quota.snapshot_bytes) used; delete snapshots "
+              "(DeleteSnapshot) or raise the quota"));
+        }
+      }
       auto nit = impl_->nodes.find(r->sb.node_id());
       if (nit == impl_->nodes.end())
         return absl::UnavailableError("owning node unknown");
@@ -1910,6 +1936,7 @@ class SandboxesService final : public v1::Sandboxes::Service {
       *snap.mutable_create_time() = ToProto(absl::Now());
     absl::MutexLock l(&impl_->mu);
     impl_->snapshots[snap.id()] = snap;
+    impl_->ChargeSnapshot(snap, +1);
     Store::Batch b;
     b.PutSnapshot(snap);
     impl_->Persist(std::move(b));

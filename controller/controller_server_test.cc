@@ -3,6 +3,7 @@
 // that record calls and can refuse).
 #include "controller/controller_server.h"
 
+#include <atomic>
 #include <map>
 #include <set>
 #include <thread>
@@ -95,11 +96,15 @@ class FakeAgent final : public v1::NodeAgent::Service,
     if (!signer->VerifyFor(req->token(), req->sandbox_id()).ok()) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "token");
     }
-    resp->mutable_snapshot()->set_id("snap-" + req->sandbox_id().substr(3));
+    resp->mutable_snapshot()->set_id(absl::StrCat(
+        "snap-", req->sandbox_id().substr(3), "-", snapshots_.fetch_add(1)));
+    resp->mutable_snapshot()->set_size_bytes(1000);
     resp->mutable_snapshot()->set_layer_ref("/layers/x");
     resp->mutable_snapshot()->add_layers("/layers/x");
     return grpc::Status::OK;
   }
+
+  std::atomic<int> snapshots_{0};
 
   void set_refuse(bool r) {
     absl::MutexLock l(&mu_);
@@ -634,6 +639,51 @@ TEST_F(ControllerTest, SnapshotAndForkOnTheSameNode) {
     EXPECT_EQ(sb.parent_snapshot_id(), fresp.snapshot().id());
     ASSERT_EQ(sb.spec().layers_size(), 1);
   }
+}
+
+TEST_F(ControllerTest, SnapshotBytesQuotaRefusesSnapshotsOnceFull) {
+  StartController();
+  auto [job, key] = MakeJob("snapquota");
+  AddNode("n1");
+  v1::UpdateJobQuotaRequest qreq;
+  qreq.set_job_id(job);
+  qreq.mutable_quota()->set_snapshot_bytes(2500);
+  v1::Job j;
+  auto qctx = Ctx(kAdminKey);
+  ASSERT_TRUE(jobs_->UpdateJobQuota(qctx.get(), qreq, &j).ok());
+  ASSERT_OK_AND_ASSIGN(auto resp, CreateBatch(key, 1));
+  auto snapshot = [&](v1::Snapshot* out) {
+    v1::SnapshotSandboxRequest req;
+    req.set_sandbox_id(resp.handles(0).sandbox_id());
+    auto ctx = Ctx(key);
+    return sandboxes_->SnapshotSandbox(ctx.get(), req, out);
+  };
+  auto usage = [&] {
+    v1::GetJobRequest req;
+    req.set_job_id(job);
+    v1::Job got;
+    auto ctx = Ctx(key);
+    EXPECT_TRUE(jobs_->GetJob(ctx.get(), req, &got).ok());
+    return got.usage().snapshot_bytes();
+  };
+  std::vector<v1::Snapshot> taken(3);
+  for (auto& snap : taken) ASSERT_TRUE(snapshot(&snap).ok());
+  EXPECT_EQ(usage(), 3000);
+  v1::Snapshot refused;
+  grpc::Status s = snapshot(&refused);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("snapshot storage is full"));
+  // Deleting frees the bytes; the usage survives a restart.
+  v1::DeleteSnapshotRequest dreq;
+  dreq.set_snapshot_id(taken[0].id());
+  v1::DeleteSnapshotResponse dresp;
+  auto dctx = Ctx(key);
+  ASSERT_TRUE(sandboxes_->DeleteSnapshot(dctx.get(), dreq, &dresp).ok());
+  EXPECT_EQ(usage(), 2000);
+  controller_->Shutdown();
+  controller_.reset();
+  StartController();
+  EXPECT_EQ(usage(), 2000);
 }
 
 }  // namespace
