@@ -293,17 +293,21 @@ class StreamParser::Machine {
     return Step::kStop;
   }
 
-  // Fails with "<expected>, but found '...'" (or "..., but the text ended")
-  // for a match that was not a hit, or waits until the snippet is known.
+  // Fails with "<expected()>, but found '...'" (or "..., but the text
+  // ended") for a match that was not a hit, or waits until the snippet is
+  // known. `expected` is only called on failure: messages cite line and
+  // column, which cost a scan of the input.
+  template <typename MessageFn>
   Step Expected(absl::string_view in, size_t pos, bool final, Match m,
-                absl::string_view expected, ParseResult& out) {
+                const MessageFn& expected, ParseResult& out) {
     if (m.kind == MatchKind::kMore) return Step::kWait;
     if (m.kind == MatchKind::kTruncated) {
-      return Fail(in, pos, absl::StrCat(expected, ", but the text ended"), out);
+      return Fail(in, pos, absl::StrCat(expected(), ", but the text ended"),
+                  out);
     }
     std::optional<std::string> found = Found(in, pos, final);
     if (!found) return Step::kWait;
-    return Fail(in, pos, absl::StrCat(expected, ", but found ", *found), out);
+    return Fail(in, pos, absl::StrCat(expected(), ", but found ", *found), out);
   }
 
   void SkipWs(absl::string_view in) {
@@ -341,9 +345,12 @@ class StreamParser::Machine {
     if (m.kind != MatchKind::kHit) {
       return Expected(
           in, pos_, final, m,
-          absl::StrCat("expected ", Quote(kOpenV4), " (or ", Quote(kOpenV32),
-                       ") to open the tool-call block, the only "
-                       "thing '<｜DSML｜' may start"),
+          [&] {
+            return absl::StrCat("expected ", Quote(kOpenV4), " (or ",
+                                Quote(kOpenV32),
+                                ") to open the tool-call block, the only "
+                                "thing '<｜DSML｜' may start");
+          },
           out);
     }
     v32_ = m.index == 1;
@@ -377,17 +384,29 @@ class StreamParser::Machine {
       state_ = State::kAfter;
       return Step::kContinue;
     }
-    return Expected(in, pos_, final, m,
-                    absl::StrCat("expected ", Quote(kInvokeOpen), " or ",
-                                 Quote(Close()), " in the ", Wrapper(),
-                                 " block opened at ", At(in, block_at_)),
-                    out);
+    return Expected(
+        in, pos_, final, m,
+        [&] {
+          return absl::StrCat("expected ", Quote(kInvokeOpen), " or ",
+                              Quote(Close()), " in the ", Wrapper(),
+                              " block opened at ", At(in, block_at_));
+        },
+        out);
+  }
+
+  // What the NAME being read belongs to, for messages.
+  std::string NameOf(absl::string_view in) const {
+    return state_ == State::kInvokeName
+               ? absl::StrCat("the tool name of the invoke opened at ",
+                              At(in, invoke_at_))
+               : absl::StrCat("the name of the parameter opened at ",
+                              At(in, param_at_));
   }
 
   // Reads a NAME that starts at pos_ up to its closing quote, which is left
-  // at *quote. kContinue when `name` is complete and valid.
-  Step ReadName(absl::string_view in, bool final, absl::string_view what,
-                std::string& name, size_t& quote, ParseResult& out) {
+  // at `quote`. kContinue when `name` is complete and valid.
+  Step ReadName(absl::string_view in, bool final, std::string& name,
+                size_t& quote, ParseResult& out) {
     size_t i = scan_;
     while (i < in.size()) {
       unsigned char c = static_cast<unsigned char>(in[i]);
@@ -395,23 +414,24 @@ class StreamParser::Machine {
       ++i;
     }
     scan_ = i;
-    std::string expected_text = absl::StrCat("expected '\"' to end ", what);
+    auto expected = [&] {
+      return absl::StrCat("expected '\"' to end ", NameOf(in));
+    };
     if (i == in.size()) {
       if (!final) return Step::kWait;
-      return Fail(in, i, absl::StrCat(expected_text, ", but the text ended"),
-                  out);
+      return Fail(in, i, absl::StrCat(expected(), ", but the text ended"), out);
     }
     if (in[i] != '"') {
-      return Expected(in, i, final, {MatchKind::kMiss}, expected_text, out);
+      return Expected(in, i, final, {MatchKind::kMiss}, expected, out);
     }
     if (i == pos_) {
-      return Fail(in, pos_, absl::StrCat(what, " is empty"), out);
+      return Fail(in, pos_, absl::StrCat(NameOf(in), " is empty"), out);
     }
     absl::string_view raw = in.substr(pos_, i - pos_);
     size_t bad = FindInvalidUtf8(raw);
     if (bad != absl::string_view::npos) {
-      return Fail(in, pos_ + bad, absl::StrCat(what, " is not valid UTF-8"),
-                  out);
+      return Fail(in, pos_ + bad,
+                  absl::StrCat(NameOf(in), " is not valid UTF-8"), out);
     }
     name.assign(raw.data(), raw.size());
     quote = i;
@@ -421,17 +441,17 @@ class StreamParser::Machine {
   Step InvokeName(absl::string_view in, bool final, ParseResult& out) {
     std::string name;
     size_t quote;
-    Step step = ReadName(in, final,
-                         absl::StrCat("the tool name of the invoke opened at ",
-                                      At(in, invoke_at_)),
-                         name, quote, out);
+    Step step = ReadName(in, final, name, quote, out);
     if (step != Step::kContinue) return step;
     Match m = MatchAny(in, quote, final, {kInvokeOpenEnd});
     if (m.kind != MatchKind::kHit) {
-      return Expected(in, quote, final, m,
-                      absl::StrCat("expected ", Quote(kInvokeOpenEnd),
-                                   " after the tool name \"", name, "\""),
-                      out);
+      return Expected(
+          in, quote, final, m,
+          [&] {
+            return absl::StrCat("expected ", Quote(kInvokeOpenEnd),
+                                " after the tool name \"", name, "\"");
+          },
+          out);
     }
     call_ = ToolCall{std::move(name), {}};
     param_offsets_.clear();
@@ -446,9 +466,12 @@ class StreamParser::Machine {
     if (m.kind != MatchKind::kHit) {
       return Expected(
           in, pos_, final, m,
-          absl::StrCat("expected ", Quote(kParamOpen), " or ",
-                       Quote(kInvokeClose), " in invoke \"", call_.name,
-                       "\" opened at ", At(in, invoke_at_)),
+          [&] {
+            return absl::StrCat("expected ", Quote(kParamOpen), " or ",
+                                Quote(kInvokeClose), " in invoke \"",
+                                call_.name, "\" opened at ",
+                                At(in, invoke_at_));
+          },
           out);
     }
     if (m.index == 0) {
@@ -469,18 +492,18 @@ class StreamParser::Machine {
   Step ParamName(absl::string_view in, bool final, ParseResult& out) {
     std::string name;
     size_t quote;
-    Step step = ReadName(
-        in, final,
-        absl::StrCat("the name of the parameter opened at ", At(in, param_at_)),
-        name, quote, out);
+    Step step = ReadName(in, final, name, quote, out);
     if (step != Step::kContinue) return step;
     Match m = MatchAny(in, quote, final, {kParamString, kParamJson});
     if (m.kind != MatchKind::kHit) {
-      return Expected(in, quote, final, m,
-                      absl::StrCat("expected ", Quote(kParamString), " or ",
-                                   Quote(kParamJson),
-                                   " after parameter name \"", name, "\""),
-                      out);
+      return Expected(
+          in, quote, final, m,
+          [&] {
+            return absl::StrCat("expected ", Quote(kParamString), " or ",
+                                Quote(kParamJson), " after parameter name \"",
+                                name, "\"");
+          },
+          out);
     }
     for (size_t k = 0; k < call_.params.size(); ++k) {
       if (call_.params[k].name == name) {
@@ -571,8 +594,11 @@ class StreamParser::Machine {
     }
     return Expected(
         in, pos_, final, {MatchKind::kMiss},
-        absl::StrCat("expected only whitespace after ", Quote(Close()), " at ",
-                     At(in, close_at_), ", which ends the reply"),
+        [&] {
+          return absl::StrCat("expected only whitespace after ", Quote(Close()),
+                              " at ", At(in, close_at_),
+                              ", which ends the reply");
+        },
         out);
   }
 

@@ -57,7 +57,10 @@ class Args {
   }
   int64_t Int(absl::string_view name, int64_t fallback) const {
     const nlohmann::json* v = Get(name);
-    return v ? static_cast<int64_t>(v->get<double>()) : fallback;
+    if (v == nullptr) return fallback;
+    // Validated: an integer, or a float with an integral value below 1e15.
+    return v->is_number_integer() ? v->get<int64_t>()
+                                  : static_cast<int64_t>(v->get<double>());
   }
   double Num(absl::string_view name, double fallback) const {
     const nlohmann::json* v = Get(name);
@@ -343,6 +346,7 @@ ToolResult ReadFileTool(SandboxIo& io, const ToolLimits& limits,
     return Error(absl::StrCat("offset ", offset, " is past the end of ", path,
                               ", which has ", total, " lines"));
   }
+  limit = std::min(limit, total);
   // Byte range of lines [offset, offset + limit).
   size_t start = 0, line = 1;
   while (line < static_cast<size_t>(offset)) {
