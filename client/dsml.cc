@@ -16,6 +16,8 @@
 #include "client/dsml.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <utility>
 
@@ -82,10 +84,19 @@ size_t Utf8Len(absl::string_view s, size_t i) {
   return n;
 }
 
+// Whether the 8 bytes at `p` are all ASCII (the fast path of validation).
+bool AllAscii8(const char* p) {
+  uint64_t word;
+  std::memcpy(&word, p, sizeof word);
+  return (word & 0x8080808080808080u) == 0;
+}
+
 // Offset of the first byte of `s` that is not well-formed UTF-8, or npos.
 size_t FindInvalidUtf8(absl::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
+    while (i + 8 <= s.size() && AllAscii8(s.data() + i)) i += 8;
+    if (i == s.size()) break;
     size_t n = Utf8Len(s, i);
     if (n == 0) return i;
     i += n;
