@@ -17,6 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "client/dsml.h"
+#include "client/tools.h"
 #include "client/trajectory.h"
 
 namespace py = pybind11;
@@ -99,6 +101,50 @@ dsec::v1::SandboxSpec MakeSpec(int64_t memory_mb, int64_t cpu_millicores,
       py::arg("env") = std::map<std::string, std::string>{},    \
       py::arg("cwd") = "", py::arg("max_output_bytes") = int64_t{1} << 20
 
+// JSON crosses the boundary as text through Python's json module.
+py::object ToPy(const nlohmann::json& j) {
+  return py::module_::import("json").attr("loads")(j.dump());
+}
+nlohmann::json FromPy(const py::handle& o) {
+  std::string text =
+      py::module_::import("json").attr("dumps")(o).cast<std::string>();
+  return nlohmann::json::parse(text);
+}
+
+py::dict CallToPy(const dsml::ToolCall& c) {
+  py::dict params;
+  for (const auto& p : c.params) params[py::str(p.name)] = ToPy(p.value);
+  py::dict d;
+  d["name"] = c.name;
+  d["params"] = params;
+  return d;
+}
+
+py::dict ParseToPy(const dsml::ParseResult& r) {
+  py::dict d;
+  d["content"] = r.content;
+  py::list calls;
+  for (const auto& c : r.calls) calls.append(CallToPy(c));
+  d["calls"] = calls;
+  if (r.error) {
+    py::dict e;
+    e["offset"] = r.error->offset;
+    e["line"] = r.error->line;
+    e["column"] = r.error->column;
+    e["message"] = r.error->message;
+    e["text"] = r.error->ToString();
+    d["error"] = e;
+  } else {
+    d["error"] = py::none();
+  }
+  return d;
+}
+
+// A ToolBox with the SandboxIo it runs against kept alive.
+struct PyToolBox {
+  std::shared_ptr<SandboxIo> io;
+  std::unique_ptr<ToolBox> box;
+};
 }  // namespace
 
 PYBIND11_MODULE(dsec, m) {
@@ -486,6 +532,112 @@ PYBIND11_MODULE(dsec, m) {
         py::gil_scoped_release release;
         Check(t.Close());
       });
+
+  py::module_ dsml_m = m.def_submodule(
+      "dsml", "DeepSeek DSML tool calls: parse model output, render prompts");
+  dsml_m.def(
+      "parse",
+      [](const std::string& text) { return ParseToPy(dsml::Parse(text)); },
+      py::arg("text"),
+      "Parses model output. Returns {content, calls: [{name, params}], "
+      "error: None | {offset, line, column, message, text}}.");
+  dsml_m.def(
+      "render_tools_prompt",
+      [](const py::list& tools) {
+        std::vector<dsml::ToolSpec> specs;
+        for (const auto& t : tools) {
+          py::dict d = t.cast<py::dict>();
+          specs.push_back(
+              {d["name"].cast<std::string>(),
+               d.contains("description") ? d["description"].cast<std::string>()
+                                         : std::string(),
+               d.contains("parameters") ? FromPy(d["parameters"])
+                                        : nlohmann::json::object()});
+        }
+        return dsml::RenderToolsPrompt(specs);
+      },
+      py::arg("tools"));
+  dsml_m.def(
+      "render_results",
+      [](const std::vector<std::string>& outputs) {
+        return dsml::RenderResults(outputs);
+      },
+      py::arg("outputs"));
+
+  py::class_<PyToolBox>(m, "ToolBox",
+                        "Built-in tools (bash, python, read/write/edit_file, "
+                        "list_files, search_files) run in a sandbox.")
+      .def(py::init([](std::shared_ptr<Sandbox> sb, int max_parallel) {
+             auto t = std::make_unique<PyToolBox>();
+             t->io = sb;
+             t->box = std::make_unique<ToolBox>(
+                 t->io.get(), ToolBoxOptions{.max_parallel = max_parallel});
+             return t;
+           }),
+           py::arg("sandbox"), py::arg("max_parallel") = 8)
+      .def(py::init([](Trajectory& traj) {
+             auto t = std::make_unique<PyToolBox>();
+             // A trajectory logs steps in order: calls run one at a time.
+             t->box = std::make_unique<ToolBox>(
+                 &traj, ToolBoxOptions{.max_parallel = 1});
+             return t;
+           }),
+           py::arg("trajectory"), py::keep_alive<1, 2>())
+      .def("specs",
+           [](const PyToolBox& t) {
+             py::list out;
+             for (const auto& s : t.box->Specs()) {
+               py::dict d;
+               d["name"] = s.name;
+               d["description"] = s.description;
+               d["parameters"] = ToPy(s.parameters);
+               out.append(d);
+             }
+             return out;
+           })
+      .def("prompt",
+           [](const PyToolBox& t) {
+             return dsml::RenderToolsPrompt(t.box->Specs());
+           })
+      .def(
+          "run_text",
+          [](const PyToolBox& t, const std::string& text) {
+            dsml::ParseResult parsed = dsml::Parse(text);
+            std::vector<ToolResult> results;
+            {
+              py::gil_scoped_release release;
+              results = t.box->RunAll(parsed.calls);
+            }
+            py::dict d = ParseToPy(parsed);
+            py::list rs;
+            std::vector<std::string> outputs;
+            bool infra = false;
+            for (const auto& r : results) {
+              py::dict x;
+              x["tool"] = r.tool;
+              x["output"] = r.output;
+              x["is_error"] = r.is_error;
+              x["infra_error"] =
+                  r.infra_failed()
+                      ? py::object(py::str(r.infra_status.ToString()))
+                      : py::object(py::none());
+              infra |= r.infra_failed();
+              rs.append(x);
+              outputs.push_back(r.output);
+            }
+            if (parsed.error) {
+              outputs.push_back("DSML error: " + parsed.error->ToString());
+            }
+            d["results"] = rs;
+            d["infra_failed"] = infra;
+            d["rendered"] =
+                outputs.empty() ? std::string() : dsml::RenderResults(outputs);
+            return d;
+          },
+          py::arg("text"),
+          "Parses model output, runs its tool calls, and returns the parse, "
+          "one result per call, and the <tool_result> blocks for the next "
+          "turn (a DSML error becomes a result the model can read).");
 
   m.def(
       "create_job",

@@ -89,3 +89,45 @@ def test_trajectory_fast_forwards(client, tmp_path):
     t.write_file("/root/x", "1")
     assert t.read_file("/root/x") == b"1"
     t.close()
+
+
+BAR = "\uff5c"
+
+
+def dsml_call(name, **params):
+    body = "".join(
+        f'<{BAR}DSML{BAR}parameter name="{k}" string="true">{v}'
+        f'</{BAR}DSML{BAR}parameter>' for k, v in params.items())
+    return (f'<{BAR}DSML{BAR}invoke name="{name}">{body}'
+            f'</{BAR}DSML{BAR}invoke>')
+
+
+def dsml_block(*calls):
+    return (f"Let me check.\n<{BAR}DSML{BAR}tool_calls>" + "".join(calls) +
+            f"</{BAR}DSML{BAR}tool_calls>")
+
+
+def test_dsml_parse_without_a_cluster():
+    r = dsec.dsml.parse(dsml_block(dsml_call("bash", command="ls <dir>")))
+    assert r["error"] is None
+    assert r["content"] == "Let me check.\n"
+    assert r["calls"] == [{"name": "bash", "params": {"command": "ls <dir>"}}]
+    bad = dsec.dsml.parse(dsml_block(dsml_call("bash", command="x"))[:-5])
+    assert bad["error"] is not None and bad["error"]["message"]
+
+
+def test_toolbox_runs_model_output_in_a_sandbox(client):
+    sb = client.create_sandbox(memory_mb=256)
+    # In order: the second call reads what the first wrote.
+    box = dsec.ToolBox(sb, max_parallel=1)
+    assert "bash" in box.prompt()
+    out = box.run_text(dsml_block(
+        dsml_call("write_file", path="/root/a.py", content="print(6*7)\n"),
+        dsml_call("bash", command="python3 /root/a.py")))
+    assert not out["infra_failed"]
+    assert [r["tool"] for r in out["results"]] == ["write_file", "bash"]
+    assert "42" in out["results"][1]["output"]
+    assert out["rendered"].count("<tool_result>") == 2
+    broken = box.run_text(dsml_block(dsml_call("bash", command="x"))[:-3])
+    assert "DSML error" in broken["rendered"]
+    sb.delete()
