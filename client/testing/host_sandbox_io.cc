@@ -41,9 +41,9 @@ absl::StatusOr<ExecOutcome> HostSandboxIo::Run(const Command& command) {
       command.argv.empty()
           ? std::vector<std::string>{"/bin/sh", "-c", command.shell}
           : command.argv;
-  std::vector<std::string> env_strings = {
-      absl::StrCat("HOME=", root_), "PATH=/usr/local/bin:/usr/bin:/bin",
-      "LANG=C.UTF-8"};
+  std::vector<std::string> env_strings = {absl::StrCat("HOME=", root_),
+                                          "PATH=/usr/local/bin:/usr/bin:/bin",
+                                          "LANG=C.UTF-8"};
   for (const auto& [k, v] : command.env) env_strings.push_back(k + "=" + v);
   std::vector<char*> argv, envp;
   for (auto& a : args) argv.push_back(a.data());
@@ -66,6 +66,7 @@ absl::StatusOr<ExecOutcome> HostSandboxIo::Run(const Command& command) {
     dup2(out[1], 1);
     dup2(err[1], 2);
     if (chdir(cwd.c_str()) != 0) _exit(126);
+    environ = envp.data();  // execvpe searches the caller's PATH, not envp's
     execvpe(argv[0], argv.data(), envp.data());
     _exit(127);
   }
@@ -124,8 +125,8 @@ absl::StatusOr<ExecOutcome> HostSandboxIo::Run(const Command& command) {
         continue;
       }
       int s = owners[i] == &stdout_fd ? 0 : 1;
-      int64_t room = command.max_output_bytes -
-                     static_cast<int64_t>(sinks[s]->size());
+      int64_t room =
+          command.max_output_bytes - static_cast<int64_t>(sinks[s]->size());
       if (room < got) *truncs[s] = true;
       sinks[s]->append(buf, static_cast<size_t>(std::max<int64_t>(
                                 0, std::min<int64_t>(room, got))));
@@ -183,7 +184,8 @@ absl::StatusOr<std::string> HostSandboxIo::ReadFile(absl::string_view path,
   std::ostringstream ss;
   ss << f.rdbuf();
   std::string data = ss.str();
-  if (truncated != nullptr) *truncated = static_cast<int64_t>(data.size()) > max_bytes;
+  if (truncated != nullptr)
+    *truncated = static_cast<int64_t>(data.size()) > max_bytes;
   if (static_cast<int64_t>(data.size()) > max_bytes) data.resize(max_bytes);
   return data;
 }
