@@ -336,8 +336,10 @@ class Evaluator {
   void CheckSummary(const TestCounts& seen, const TestCounts& summary) {
     std::optional<double> s = Score(summary, spec_.policy);
     if (seen.scored() == 0) {
-      if (s.has_value())
-        summary_only_ = std::min(summary_only_.value_or(1.0), *s);
+      if (s.has_value() && *s <= summary_only_.value_or(1.0)) {
+        summary_only_ = *s;
+        summary_only_counts_ = summary;
+      }
       return;
     }
     if (summary.passed < seen.passed ||
@@ -457,6 +459,9 @@ class Evaluator {
     }
     result_.counts = CountVerdicts(result_.tests);
     std::optional<double> score = Score(result_.counts, spec_.policy);
+    if (result_.tests.empty() && summary_only_counts_.has_value()) {
+      result_.counts = *summary_only_counts_;  // what the runner said
+    }
     if (summary_only_.has_value()) {
       score = std::min(score.value_or(1.0), *summary_only_);
     }
@@ -475,6 +480,7 @@ class Evaluator {
   double cap_ = 1.0;
   // Lowest reward of runs scored from a summary line alone.
   std::optional<double> summary_only_;
+  std::optional<TestCounts> summary_only_counts_;  // of that run
 };
 
 // Length-prefixed fields, so no two specs serialise alike.

@@ -15,6 +15,9 @@
 //     payloads);
 //   - a summary is the LAST summary line of the output (runners print theirs
 //     last);
+//   - go test's text mode cannot tell a "--- PASS: TestX" printed by a test
+//     from the runner's own; use go test -json, whose events are trusted
+//     and whose "output" payloads are not;
 //   - the evaluator (reward.h) cross-checks both against each other and
 //     against the exit code, and only ever lowers a reward on disagreement.
 //

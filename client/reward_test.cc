@@ -170,6 +170,16 @@ TEST_F(RewardTest, SetupFailureIsAProgramFailureScoredZero) {
   EXPECT_EQ(r.runs, 1);
 }
 
+TEST_F(RewardTest, GenericSummaryScoresFromItsCounts) {
+  RewardSpec spec;
+  spec.test_command = Command::Shell("echo 'run: 7 passed, 3 failed'; exit 1");
+  spec.parser = ParserKind::kGeneric;
+  RewardResult r = Evaluate(io_, spec);
+  ASSERT_EQ(r.state, EvalState::kScored) << r.reason;
+  EXPECT_DOUBLE_EQ(r.reward, 0.7);
+  EXPECT_EQ(r.counts, (TestCounts{.passed = 7, .failed = 3}));
+}
+
 TEST_F(RewardTest, TimeoutIsAProgramFailureWithTheReason) {
   RewardSpec spec;
   spec.test_command = Command::Shell("echo '1 passed'; sleep 5");
