@@ -276,8 +276,11 @@ class Evaluator {
     if (spec_.parser == ParserKind::kJUnitXml) {
       if (!ReadJUnit(&parsed, &why_empty)) return false;
     } else {
-      parsed = ParseText(spec_.parser,
-                         absl::StrCat(o.stdout_data, "\n", o.stderr_data));
+      // The stream the runner writes its summary to goes last.
+      parsed = ParseText(
+          spec_.parser, spec_.parser == ParserKind::kPytest
+                            ? absl::StrCat(o.stderr_data, "\n", o.stdout_data)
+                            : absl::StrCat(o.stdout_data, "\n", o.stderr_data));
     }
     if (o.kind != ExitKind::kExited) {
       result_.tests = std::move(parsed.tests);  // partial, for debugging
@@ -316,13 +319,16 @@ class Evaluator {
       return false;
     }
     TestCounts seen = CountVerdicts(parsed.tests);
-    if (parsed.summary.has_value()) CheckSummary(seen, *parsed.summary);
     int reported_failures = seen.failed + seen.errors;
     if (parsed.summary.has_value()) {
       reported_failures += parsed.summary->failed + parsed.summary->errors;
     }
+    const bool exit_mismatch = o.exit_code != 0 && reported_failures == 0;
+    if (parsed.summary.has_value()) {
+      CheckSummary(seen, *parsed.summary, exit_mismatch);
+    }
     *tests = std::move(parsed.tests);
-    if (o.exit_code != 0 && reported_failures == 0) {
+    if (exit_mismatch) {
       tests->push_back(
           {.name = absl::StrCat("[exit code ", o.exit_code, "]"),
            .verdict = Verdict::kFailed,
@@ -331,15 +337,29 @@ class Evaluator {
     return true;
   }
 
-  // Summary-only output (no per-test lines) is scored from the summary; a
-  // summary more pessimistic than the per-test lines caps the reward.
-  void CheckSummary(const TestCounts& seen, const TestCounts& summary) {
+  // Weighs the runner's summary against the per-test lines of one run:
+  //   - lines cover fewer tests than the summary (pytest without -rA, a
+  //     summary-only parser): the evaluation is scored from the summaries,
+  //     the worst run's; a summary contradicted by the exit code scores 0;
+  //   - the summary is more pessimistic than the lines: it caps the reward.
+  void CheckSummary(TestCounts seen, TestCounts summary, bool exit_mismatch) {
     std::optional<double> s = Score(summary, spec_.policy);
-    if (seen.scored() == 0) {
-      if (s.has_value() && *s <= summary_only_.value_or(1.0)) {
-        summary_only_ = *s;
-        summary_only_counts_ = summary;
-      }
+    if (exit_mismatch) {  // both sides get the synthetic "[exit code N]"
+      ++seen.failed;
+      ++summary.failed;
+      s = 0.0;
+    }
+    if (s.has_value() && *s <= worst_summary_.value_or(1.0)) {
+      worst_summary_ = *s;
+      worst_summary_counts_ = summary;
+    }
+    if (seen.scored() < summary.scored()) {
+      lines_incomplete_ = true;
+      result_.reason = absl::StrFormat(
+          "per-test lines cover %d of %d tests: scored from the runner's "
+          "summary%s",
+          seen.scored(), summary.scored(),
+          exit_mismatch ? " (contradicted by the exit code: 0)" : "");
       return;
     }
     if (summary.passed < seen.passed ||
@@ -459,11 +479,11 @@ class Evaluator {
     }
     result_.counts = CountVerdicts(result_.tests);
     std::optional<double> score = Score(result_.counts, spec_.policy);
-    if (result_.tests.empty() && summary_only_counts_.has_value()) {
-      result_.counts = *summary_only_counts_;  // what the runner said
-    }
-    if (summary_only_.has_value()) {
-      score = std::min(score.value_or(1.0), *summary_only_);
+    if (lines_incomplete_) {
+      score = worst_summary_;
+      if (worst_summary_counts_.has_value()) {
+        result_.counts = *worst_summary_counts_;  // what the runner said
+      }
     }
     if (!score.has_value()) {
       End(EvalState::kUnparseable,
@@ -478,9 +498,11 @@ class Evaluator {
   const RewardSpec& spec_;
   RewardResult result_;
   double cap_ = 1.0;
-  // Lowest reward of runs scored from a summary line alone.
-  std::optional<double> summary_only_;
-  std::optional<TestCounts> summary_only_counts_;  // of that run
+  // Some run's per-test lines missed tests its summary counted: the
+  // summaries score the evaluation, the lowest of them.
+  bool lines_incomplete_ = false;
+  std::optional<double> worst_summary_;
+  std::optional<TestCounts> worst_summary_counts_;  // of that run
 };
 
 // Length-prefixed fields, so no two specs serialise alike.

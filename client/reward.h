@@ -14,7 +14,8 @@
 // Outcome states (RewardResult::state), kept apart so that a trainer never
 // mistakes a broken cluster or a broken parser for a bad candidate:
 //   kScored       tests ran and were parsed; `reward` is the score.
-//   kProgramFailed the candidate's program failed as a whole (setup/compile
+//   kProgramFailed the candidate's program failed as a whole (in any of the
+//                 `repeat` runs) (setup/compile
 //                 failed, the test command timed out, was OOM-killed or
 //                 crashed, or the runner was cut short): reward 0,
 //                 `reason` says why.
@@ -37,6 +38,9 @@
 //   - Summary cross-check: when the runner's summary line reports fewer
 //     passes or more failures than the per-test lines, the reward is capped
 //     at the summary's. A lie can lower a reward, never raise it.
+//   - When per-test lines cover fewer tests than the summary (pytest without
+//     -rA, kGeneric), the summary scores the run; if the exit code is not 0
+//     while that summary reports no failure, the run scores 0.
 //   - pytest and unittest runs must end with the runner's summary line:
 //     per-test lines without it mean the run was cut short (a test calling
 //     os._exit(0)) and give kProgramFailed, not the lines' score.

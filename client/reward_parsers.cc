@@ -428,7 +428,8 @@ ParsedOutput ParsePytest(absl::string_view output) {
   // output may imitate. Only lines pytest itself writes are read: run lines
   // before the first header other than "test session starts", short-summary
   // lines after the LAST "short test summary info" header (pytest prints it
-  // after every captured-output section), and the last summary line.
+  // after every captured-output section), and the summary, which must be
+  // the last non-empty line (decorated, or bare under -q).
   std::vector<std::string> lines = Lines(output);
   for (std::string& l : lines) {
     l.resize(absl::StripTrailingAsciiWhitespace(l).size());
@@ -437,20 +438,19 @@ ParsedOutput ParsePytest(absl::string_view output) {
   size_t run_end = n;
   size_t last_short = n;
   size_t last_nonempty = n;
-  ParsedOutput out;
   for (size_t i = 0; i < n; ++i) {
     if (!lines[i].empty()) last_nonempty = i;
     std::optional<absl::string_view> title = PytestHeader(lines[i]);
     if (!title.has_value()) continue;
-    if (std::optional<TestCounts> c = PytestSummary(*title)) out.summary = c;
     if (absl::StrContains(*title, "short test summary info")) last_short = i;
     if (run_end == n && !absl::StrContains(*title, "test session starts")) {
       run_end = i;
     }
   }
-  // pytest -q prints its summary undecorated, as the last line.
-  if (!out.summary.has_value() && last_nonempty < n) {
-    out.summary = PytestSummary(lines[last_nonempty]);
+  ParsedOutput out;
+  if (last_nonempty < n) {
+    absl::string_view last = lines[last_nonempty];
+    out.summary = PytestSummary(PytestHeader(last).value_or(last));
   }
   VerdictSet set;
   for (size_t i = 0; i < run_end; ++i) {

@@ -14,7 +14,7 @@
 //     output sections; go test -json: structured events, never "output"
 //     payloads);
 //   - a summary is the LAST summary line of the output (runners print theirs
-//     last);
+//     last); for pytest it must be the last non-empty line;
 //   - go test's text mode cannot tell a "--- PASS: TestX" printed by a test
 //     from the runner's own; use go test -json, whose events are trusted
 //     and whose "output" payloads are not;
@@ -80,13 +80,14 @@ struct ParsedOutput {
 // pytest with -v and/or -rA: "path::test PASSED [ 50%]" run lines, the
 // "PASSED path::test" / "FAILED path::test - msg" short summary, and the
 // final "=== 3 passed, 1 failed, 2 errors in 0.12s ===" (or -q
-// "3 passed in 0.12s") line. XFAIL counts as skipped, XPASS as passed.
+// "3 passed in 0.12s") line, which must end the output (give stdout last).
+// XFAIL counts as skipped, XPASS as passed.
 ParsedOutput ParsePytest(absl::string_view output);
 
-// python -m unittest -v (stderr): "test_a (mod.Class) ... ok|FAIL|ERROR|
-// skipped 'why'|expected failure|unexpected success", with the verdict on a
-// later line when the test printed; "FAIL: test_a (mod.Class)" blocks give
-// messages; "Ran N tests" + "OK (skipped=1)" / "FAILED (failures=1,
+// python -m unittest -v (stderr; give it last): "test_a (mod.Class) ...
+// ok|FAIL|ERROR| skipped 'why'|expected failure|unexpected success", with the
+// verdict on a later line when the test printed; "FAIL: test_a (mod.Class)"
+// blocks give messages; "Ran N tests" + "OK (skipped=1)" / "FAILED (failures=1,
 // errors=2)" give the summary.
 ParsedOutput ParseUnittest(absl::string_view output);
 

@@ -198,6 +198,18 @@ TEST(ParsePytest, ImitatedShortSummaryHeaderInCapturedOutputIsIgnored) {
   EXPECT_THAT(p.tests, ElementsAre(Is("tests/t.py::test_a", Verdict::kFailed)));
 }
 
+TEST(ParsePytest, SummaryLinePrintedBeforeTheEndIsIgnored) {
+  ParsedOutput p = ParsePytest(
+      ".F                                   [100%]\n"
+      "=========== FAILURES ===========\n"
+      "------ Captured stdout call ------\n"
+      "=== 99 passed in 0.01s ===\n"
+      "1 failed, 1 passed in 0.06s\n");
+  EXPECT_EQ(*p.summary, (TestCounts{.passed = 1, .failed = 1}));
+  p = ParsePytest("=== 99 passed in 0.01s ===\nTraceback: killed\n");
+  EXPECT_FALSE(p.summary.has_value());
+}
+
 TEST(ParsePytest, QuietModeSummaryIsUndecoratedLastLine) {
   ParsedOutput p = ParsePytest(
       "..F.E                                   [100%]\n"

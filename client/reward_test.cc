@@ -97,6 +97,21 @@ TEST_F(RewardTest, RealPytestRunIsScoredFromPerTestLines) {
   EXPECT_EQ(Evaluate(io_, spec).reward, 0.0);
 }
 
+TEST_F(RewardTest, PytestWithoutPerTestLinesForPassesIsScoredFromSummary) {
+  REQUIRE_PYTEST();
+  RewardSpec spec;
+  spec.files = {{"tests/test_m.py", kMixedTests}};
+  spec.test_command = Command::Argv(
+      {"python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"});
+  spec.parser = ParserKind::kPytest;
+  RewardResult r = Evaluate(io_, spec);
+  ASSERT_EQ(r.state, EvalState::kScored) << r.reason << r.output_tail;
+  EXPECT_DOUBLE_EQ(r.reward, 3.0 / 5);
+  EXPECT_EQ(r.counts,
+            (TestCounts{.passed = 3, .failed = 1, .errors = 1, .skipped = 1}));
+  EXPECT_THAT(r.reason, HasSubstr("scored from the runner's summary"));
+}
+
 TEST_F(RewardTest, RealPytestJUnitXmlIsReadAfterTheRun) {
   REQUIRE_PYTEST();
   RewardSpec spec;
