@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <utility>
 
@@ -108,19 +109,20 @@ absl::StatusOr<std::string> LocalSandboxIo::ReadFile(absl::string_view path,
   }
   ASSIGN_OR_RETURN(UniqueFd fd, files->OpenForRead(full));
   std::string data;
-  data.resize(static_cast<size_t>(std::max<int64_t>(0, max_bytes)));
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = pread(fd.get(), data.data() + done, data.size() - done, done);
+  const size_t max = static_cast<size_t>(std::max<int64_t>(0, max_bytes));
+  char buf[64 << 10];
+  while (data.size() < max) {
+    ssize_t n = pread(fd.get(), buf, std::min(sizeof(buf), max - data.size()),
+                      static_cast<off_t>(data.size()));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return ErrnoToStatus(errno, absl::StrCat("read ", path));
     if (n == 0) break;
-    done += static_cast<size_t>(n);
+    data.append(buf, static_cast<size_t>(n));
   }
-  data.resize(done);
   if (truncated != nullptr) {
     char probe;
-    *truncated = pread(fd.get(), &probe, 1, static_cast<off_t>(done)) == 1;
+    *truncated =
+        pread(fd.get(), &probe, 1, static_cast<off_t>(data.size())) == 1;
   }
   return data;
 }

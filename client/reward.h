@@ -14,11 +14,11 @@
 // Outcome states (RewardResult::state), kept apart so that a trainer never
 // mistakes a broken cluster or a broken parser for a bad candidate:
 //   kScored       tests ran and were parsed; `reward` is the score.
-//   kProgramFailed the candidate's program failed as a whole (in any of the
-//                 `repeat` runs) (setup/compile
-//                 failed, the test command timed out, was OOM-killed or
-//                 crashed, or the runner was cut short): reward 0,
-//                 `reason` says why.
+//   kProgramFailed the candidate's program failed as a whole, in any of the
+//                 `repeat` runs: setup/compile failed, the test command
+//                 timed out, was OOM-killed or crashed, or the runner was cut
+//                 short. Reward 0, `reason` says why; `tests` holds what was
+//                 parsed before.
 //   kUnparseable  the command ran but the parser found no test result (or no
 //                 test counted: all skipped / none collected): reward 0, NOT
 //                 a verdict on the candidate; `reason` says what was missing.
@@ -44,8 +44,9 @@
 //   - pytest and unittest runs must end with the runner's summary line:
 //     per-test lines without it mean the run was cut short (a test calling
 //     os._exit(0)) and give kProgramFailed, not the lines' score.
-//   - Per-test lines and JUnit XML outrank summary lines; summary-only
-//     parsers (kGeneric) are the weakest and say so in the header above.
+//   - Per-test lines and JUnit XML outrank summary lines; kGeneric (a
+//     summary line only, which the program can print itself) is the weakest
+//     and relies on the exit-code rule alone.
 //   - The JUnit file is emptied before each run, so a file the candidate
 //     planted (or a stale one) does not count.
 //
