@@ -129,8 +129,9 @@ std::string WrongAnswer(absl::string_view actual, absl::string_view expected) {
   std::vector<std::string> a = NormalizedLines(actual);
   std::vector<std::string> e = NormalizedLines(expected);
   for (size_t i = 0; i < std::max(a.size(), e.size()); ++i) {
-    absl::string_view al = i < a.size() ? a[i] : "<end of output>";
-    absl::string_view el = i < e.size() ? e[i] : "<end of output>";
+    constexpr absl::string_view kEnd = "<end of output>";
+    absl::string_view al = i < a.size() ? absl::string_view(a[i]) : kEnd;
+    absl::string_view el = i < e.size() ? absl::string_view(e[i]) : kEnd;
     if (al != el) {
       return absl::StrCat("wrong answer: line ", i + 1, ": expected ",
                           Quote(el), ", got ", Quote(al));
