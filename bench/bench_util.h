@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -33,6 +35,16 @@ inline Summary Summarize(std::vector<double> v) {
 inline void Print(const char* name, const Summary& s) {
   std::printf("%-44s p50 %8.3f ms   p99 %8.3f ms   mean %8.3f ms\n", name,
               s.p50_ms, s.p99_ms, s.mean_ms);
+}
+
+// The value, or exit(1) with the status on stderr (benchmarks only).
+template <typename T>
+T OrDie(absl::StatusOr<T> v) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "error: %s\n", v.status().ToString().c_str());
+    std::exit(1);
+  }
+  return *std::move(v);
 }
 
 // fork + execve("/bin/true") + waitpid from this process, in ms.

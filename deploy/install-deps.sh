@@ -13,6 +13,8 @@ PACKAGES=(
   zlib1g-dev librocksdb-dev libfuse3-dev fuse3 libseccomp-dev libcap-dev
   # crypto, logging, HTTP, JSON
   openssl libssl-dev libspdlog-dev libfmt-dev libcpp-httplib-dev nlohmann-json3-dev
+  # reward evaluation: JUnit XML
+  libpugixml-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   bubblewrap hyperfine iproute2 procps psmisc util-linux

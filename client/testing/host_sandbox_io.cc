@@ -66,6 +66,7 @@ absl::StatusOr<ExecOutcome> HostSandboxIo::Run(const Command& command) {
     dup2(out[1], 1);
     dup2(err[1], 2);
     if (chdir(cwd.c_str()) != 0) _exit(126);
+    environ = envp.data();  // execvpe searches the caller's PATH, not envp's
     execvpe(argv[0], argv.data(), envp.data());
     _exit(127);
   }
