@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "client/dsml.h"
+#include "client/reward.h"
 #include "client/tools.h"
 #include "client/trajectory.h"
 
@@ -137,6 +138,129 @@ py::dict ParseToPy(const dsml::ParseResult& r) {
   } else {
     d["error"] = py::none();
   }
+  return d;
+}
+
+// A reward spec from a Python dict (see dsec.reward.evaluate's doc).
+reward::RewardSpec SpecFromPy(const py::dict& d) {
+  reward::RewardSpec spec;
+  auto get = [&](const char* key) -> py::object {
+    return d.contains(key) ? py::object(d[key]) : py::object(py::none());
+  };
+  if (!get("image").is_none()) spec.image = get("image").cast<std::string>();
+  if (!get("files").is_none()) {
+    for (auto [k, v] : get("files").cast<py::dict>()) {
+      std::string content = py::isinstance<py::bytes>(v)
+                                ? std::string(v.cast<py::bytes>())
+                                : v.cast<std::string>();
+      spec.files.push_back({k.cast<std::string>(), content, 0644});
+    }
+  }
+  const double timeout =
+      get("timeout").is_none() ? 60.0 : get("timeout").cast<double>();
+  if (timeout <= 0) throw py::value_error("timeout must be > 0 seconds");
+  auto command = [&](const std::string& script) {
+    Command c = Command::Shell(script);
+    c.timeout = absl::Seconds(timeout);
+    return c;
+  };
+  if (!get("setup").is_none()) {
+    spec.setup = command(get("setup").cast<std::string>());
+  }
+  if (!get("command").is_none()) {
+    spec.test_command = command(get("command").cast<std::string>());
+  }
+  static const std::map<std::string, reward::ParserKind> kParsers = {
+      {"exit_code", reward::ParserKind::kExitCode},
+      {"pytest", reward::ParserKind::kPytest},
+      {"unittest", reward::ParserKind::kUnittest},
+      {"go", reward::ParserKind::kGoTest},
+      {"generic", reward::ParserKind::kGeneric},
+      {"junit", reward::ParserKind::kJUnitXml}};
+  std::string parser =
+      get("parser").is_none() ? "exit_code" : get("parser").cast<std::string>();
+  auto pit = kParsers.find(parser);
+  if (pit == kParsers.end()) {
+    throw py::value_error(
+        "parser must be one of exit_code, pytest, "
+        "unittest, go, generic, junit; got " +
+        parser);
+  }
+  spec.parser = pit->second;
+  if (!get("junit_path").is_none()) {
+    spec.junit_path = get("junit_path").cast<std::string>();
+  }
+  std::string policy =
+      get("policy").is_none() ? "fraction" : get("policy").cast<std::string>();
+  if (policy == "fraction") {
+    spec.policy = reward::RewardPolicy::kFractionPassed;
+  } else if (policy == "all") {
+    spec.policy = reward::RewardPolicy::kAllOrNothing;
+  } else {
+    throw py::value_error("policy must be \"fraction\" or \"all\"");
+  }
+  if (!get("stop_at_first_failure").is_none()) {
+    spec.stop_at_first_failure = get("stop_at_first_failure").cast<bool>();
+  }
+  if (!get("repeat").is_none()) spec.repeat = get("repeat").cast<int>();
+  if (spec.repeat < 1) throw py::value_error("repeat must be >= 1");
+  if (!get("cases").is_none()) {
+    for (const auto& item : get("cases").cast<py::list>()) {
+      py::dict c = item.cast<py::dict>();
+      reward::TestCase tc;
+      if (c.contains("name")) tc.name = c["name"].cast<std::string>();
+      if (c.contains("command")) {
+        tc.command = command(c["command"].cast<std::string>());
+      }
+      if (c.contains("stdin")) tc.stdin_data = c["stdin"].cast<std::string>();
+      if (c.contains("expected_stdout")) {
+        tc.expected_stdout = c["expected_stdout"].cast<std::string>();
+      }
+      spec.cases.push_back(std::move(tc));
+    }
+  }
+  if (spec.test_command.shell.empty() && spec.test_command.argv.empty()) {
+    bool every_case_has_command = !spec.cases.empty();
+    for (const auto& c : spec.cases)
+      every_case_has_command &= c.command.has_value();
+    if (!every_case_has_command) {
+      throw py::value_error(
+          "a reward spec needs \"command\" (or a "
+          "command in every case)");
+    }
+  }
+  return spec;
+}
+
+py::dict RewardToPy(const reward::RewardResult& r) {
+  py::dict d;
+  d["state"] = std::string(reward::EvalStateName(r.state));
+  d["reward"] = r.reward;
+  d["usable"] = r.usable();
+  d["reason"] = r.reason;
+  d["infra_error"] = r.status.ok() ? py::object(py::none())
+                                   : py::object(py::str(r.status.ToString()));
+  py::list tests;
+  for (const auto& t : r.tests) {
+    py::dict x;
+    x["name"] = t.name;
+    x["verdict"] = std::string(reward::VerdictName(t.verdict));
+    x["message"] = t.message;
+    x["flaky"] = t.flaky;
+    tests.append(x);
+  }
+  d["tests"] = tests;
+  py::dict counts;
+  counts["passed"] = r.counts.passed;
+  counts["failed"] = r.counts.failed;
+  counts["errors"] = r.counts.errors;
+  counts["skipped"] = r.counts.skipped;
+  counts["not_run"] = r.counts.not_run;
+  d["counts"] = counts;
+  d["flaky"] = r.flaky;
+  d["output_tail"] = r.output_tail;
+  d["runs"] = r.runs;
+  d["from_cache"] = r.from_cache;
   return d;
 }
 
@@ -638,6 +762,57 @@ PYBIND11_MODULE(dsec, m) {
           "Parses model output, runs its tool calls, and returns the parse, "
           "one result per call, and the <tool_result> blocks for the next "
           "turn (a DSML error becomes a result the model can read).");
+
+  py::module_ reward_m = m.def_submodule(
+      "reward", "Execution rewards: run tests in a sandbox, parse, score");
+  const char* kSpecDoc =
+      "spec: dict with command (shell), optional files {path: text}, setup, "
+      "parser (exit_code|pytest|unittest|go|generic|junit), junit_path, "
+      "policy (fraction|all), stop_at_first_failure, repeat (flaky "
+      "detection), cases [{name, command, stdin, expected_stdout}], timeout "
+      "(s), image (cache key). Returns {state, reward, usable, reason, "
+      "infra_error, tests, counts, flaky, output_tail, runs, from_cache}; "
+      "usable is False for infrastructure failures (mask the sample).";
+  reward_m.def(
+      "evaluate",
+      [](std::shared_ptr<Sandbox> sb, const py::dict& spec_dict) {
+        reward::RewardSpec spec = SpecFromPy(spec_dict);
+        reward::RewardResult r;
+        {
+          py::gil_scoped_release release;
+          r = reward::Evaluate(*sb, spec);
+        }
+        return RewardToPy(r);
+      },
+      py::arg("sandbox"), py::arg("spec"), kSpecDoc);
+  py::class_<reward::RewardCache>(
+      reward_m, "RewardCache",
+      "Results keyed by (image, files, commands, parser): duplicate "
+      "candidates in a group are scored once; concurrent duplicates wait "
+      "for the first. Infrastructure failures are never cached.")
+      .def(py::init<size_t>(), py::arg("capacity") = 4096)
+      .def(
+          "evaluate",
+          [](reward::RewardCache& cache, std::shared_ptr<Sandbox> sb,
+             const py::dict& spec_dict) {
+            reward::RewardSpec spec = SpecFromPy(spec_dict);
+            reward::RewardResult r;
+            {
+              py::gil_scoped_release release;
+              r = cache.Evaluate(*sb, spec);
+            }
+            return RewardToPy(r);
+          },
+          py::arg("sandbox"), py::arg("spec"), kSpecDoc)
+      .def("stats", [](reward::RewardCache& cache) {
+        auto s = cache.stats();
+        py::dict d;
+        d["hits"] = s.hits;
+        d["coalesced"] = s.coalesced;
+        d["misses"] = s.misses;
+        d["size"] = s.size;
+        return d;
+      });
 
   m.def(
       "create_job",

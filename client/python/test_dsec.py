@@ -131,3 +131,43 @@ def test_toolbox_runs_model_output_in_a_sandbox(client):
     broken = box.run_text(dsml_block(dsml_call("bash", command="x"))[:-3])
     assert "DSML error" in broken["rendered"]
     sb.delete()
+
+
+def test_reward_evaluate_and_cache(client):
+    sb = client.create_sandbox(memory_mb=256)
+    spec = {
+        "files": {"/root/t/test_x.py":
+                  "def test_a():\n    assert 1\n"
+                  "def test_b():\n    assert 0\n"},
+        "command": "cd /root/t && python3 -m pytest -rA -q -p no:cacheprovider",
+        "parser": "pytest",
+    }
+    r = dsec.reward.evaluate(sb, spec)
+    assert r["state"] == "scored" and r["usable"]
+    assert r["reward"] == 0.5
+    assert {t["name"].split("::")[-1]: t["verdict"] for t in r["tests"]} == \
+        {"test_a": "passed", "test_b": "failed"}
+    cache = dsec.reward.RewardCache(16)
+    assert not cache.evaluate(sb, spec)["from_cache"]
+    assert cache.evaluate(sb, spec)["from_cache"]
+    with pytest.raises(ValueError):
+        dsec.reward.evaluate(sb, {"command": "true", "parser": "nope"})
+    sb.delete()
+
+
+def test_verl_compute_score(client, local_cluster, monkeypatch):
+    import verl_reward
+    monkeypatch.setattr(verl_reward, "_client", client)
+    tests = "from solution import add\n" \
+            "def test_1():\n    assert add(1, 2) == 3\n" \
+            "def test_2():\n    assert add(-1, 1) == 0\n"
+    good = "Here:\n```python\ndef add(a, b):\n    return a + b\n```"
+    bad = "```python\ndef add(a, b):\n    return abs(a) + b\n```"
+    truth = {"pytest": tests}
+    assert verl_reward.compute_score("t", good, truth)["score"] == 1.0
+    assert verl_reward.compute_score("t", bad, truth)["score"] == 0.5
+    cases = '{"cases": [{"stdin": "2 3\\n", "expected_stdout": "5\\n"},' \
+            ' {"stdin": "10 -4\\n", "expected_stdout": "6\\n"}]}'
+    prog = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    r = verl_reward.compute_score("t", prog, cases)
+    assert r["score"] == 1.0 and r["usable"]
