@@ -20,7 +20,10 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/testing/status_matchers.h"
@@ -377,20 +380,44 @@ int CountFds() {
   return n - 1;  // the DIR's own fd
 }
 
+// True when memory is mounted on its own (v1): the group's memory cgroup is
+// then made by the first AcquireSlot.
+bool MemoryIsLazy(const CgroupManager& manager, const SandboxCgroup& group) {
+  return manager.version() == CgroupVersion::kV1 &&
+         group.PathFor("memory") != group.PathFor("pids") &&
+         group.PathFor("memory") != group.PathFor("freezer") &&
+         group.PathFor("memory") != group.PathFor("cpuacct");
+}
+
 TEST_F(CgroupTest, CreatesTreeInEveryHierarchy) {
   DSEC_REQUIRE_HOST_FEATURE(CgroupsAvailable(), "cgroups (root)");
   ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({}));
   if (manager->version() == CgroupVersion::kV1) {
-    for (const char* c : {"memory", "pids", "cpu", "cpuacct", "freezer"}) {
-      std::string path = group->PathFor(c);
-      EXPECT_TRUE(Exists(path + "/e0")) << path;
+    const bool lazy = MemoryIsLazy(*manager, *group);
+    for (const char* c : {"pids", "cpu", "cpuacct", "freezer"}) {
+      EXPECT_TRUE(Exists(group->PathFor(c))) << c;
     }
+    EXPECT_EQ(Exists(group->PathFor("memory")), !lazy);
     // One per hierarchy: 5 here, 4 where cpu,cpuacct are co-mounted.
     EXPECT_GE(group->OpenInitProcsFds()->size(), 4u);
+    // Slots: none until the first exec, then only where an exec's tree is
+    // found, counted and timed (freezer, pids, cpuacct).
+    EXPECT_FALSE(Exists(group->PathFor("freezer") + "/e0"));
+    ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
+    EXPECT_TRUE(Exists(group->PathFor("memory")));
+    for (const char* c : {"pids", "cpuacct", "freezer"}) {
+      EXPECT_TRUE(Exists(group->PathFor(c) + "/e0")) << c;
+    }
+    EXPECT_FALSE(Exists(group->PathFor("memory") + "/e0"));
+    EXPECT_EQ(slot->OpenProcsFds()->size(), group->OpenInitProcsFds()->size());
   } else {
     EXPECT_TRUE(Exists(group->PathFor("memory") + "/init"));
+    EXPECT_FALSE(Exists(group->PathFor("memory") + "/e0"));
     EXPECT_EQ(group->OpenInitProcsFds()->size(), 1u);
+    ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
+    EXPECT_TRUE(Exists(group->PathFor("memory") + "/e0"));
+    EXPECT_EQ(slot->OpenProcsFds()->size(), 1u);
   }
   EXPECT_EQ(group->PathFor("no-such-controller").empty(),
             manager->version() == CgroupVersion::kV1);
@@ -408,10 +435,14 @@ TEST_F(CgroupTest, MemoryLimitOomKillsAndCounts) {
   ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << status;
   EXPECT_EQ(WTERMSIG(status), SIGKILL);
   ASSERT_OK_AND_ASSIGN(CgroupStats slot_stats, slot->Stats());
-  EXPECT_GE(slot_stats.oom_kills, 1);
+  // v1 slots have no memory cgroup of their own: the group counts.
+  if (manager->version() == CgroupVersion::kV2) {
+    EXPECT_GE(slot_stats.oom_kills, 1);
+  }
   EXPECT_LE(slot_stats.memory_peak_bytes, 33 * kMiB);
   ASSERT_OK_AND_ASSIGN(CgroupStats stats, group->Stats());
   EXPECT_GE(stats.oom_kills, 1);
+  EXPECT_LE(stats.memory_peak_bytes, 33 * kMiB);
   group->ReleaseSlot(slot);
   // Counters start again from zero for the next user of the group.
   manager->Release(std::move(group));
@@ -451,6 +482,74 @@ TEST_F(CgroupTest, PidsLimitRefusesForkWithEagain) {
   EXPECT_OK(slot->KillAll());
   ASSERT_OK_AND_ASSIGN(int left, slot->CountProcesses());
   EXPECT_EQ(left, 0);
+}
+
+// The cgroup of `pid` in the v1 hierarchy of `controller`, as a path below
+// the hierarchy's mount ("" if not found).
+std::string CgroupOf(pid_t pid, const std::string& controller) {
+  std::string text = Slurp(absl::StrCat("/proc/", pid, "/cgroup"));
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    std::vector<std::string> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (f.size() != 3) continue;
+    for (absl::string_view c : absl::StrSplit(f[1], ',')) {
+      if (c == controller) return f[2];
+    }
+  }
+  return "";
+}
+
+TEST_F(CgroupTest, V1MemoryCgroupIsMadeForTheFirstExecAndInitStaysOut) {
+  DSEC_REQUIRE_HOST_FEATURE(CgroupsAvailable(), "cgroups (root)");
+  ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
+  ASSERT_OK_AND_ASSIGN(
+      auto group, manager->Acquire({.memory_bytes = 32 * kMiB, .pids = 64}));
+  if (!MemoryIsLazy(*manager, *group)) {
+    GTEST_SKIP() << "memory is not a v1 hierarchy of its own here";
+  }
+  const std::string mem_path = group->PathFor("memory");
+  EXPECT_FALSE(Exists(mem_path));
+  pid_t init = SpawnJoined(group->OpenInitProcsFds(), [] {
+    pause();
+    return 0;
+  });
+  // Init is in the group everywhere but memory, where it is in the root.
+  EXPECT_TRUE(
+      absl::EndsWith(group->PathFor("freezer"), CgroupOf(init, "freezer")));
+  EXPECT_TRUE(absl::EndsWith(Parent(mem_path), CgroupOf(init, "memory")))
+      << CgroupOf(init, "memory");
+
+  ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
+  ASSERT_TRUE(Exists(mem_path));
+  EXPECT_EQ(Slurp(mem_path + "/memory.limit_in_bytes"),
+            absl::StrCat(32 * kMiB, "\n"));
+  pid_t exec = SpawnJoined(slot->OpenProcsFds(), [] {
+    pause();
+    return 0;
+  });
+  // The exec: in the slot where slots are, in the group's memory cgroup.
+  EXPECT_TRUE(absl::EndsWith(mem_path, CgroupOf(exec, "memory")))
+      << CgroupOf(exec, "memory");
+  EXPECT_TRUE(absl::EndsWith(group->PathFor("freezer") + "/e0",
+                             CgroupOf(exec, "freezer")))
+      << CgroupOf(exec, "freezer");
+  EXPECT_EQ(*slot->CountProcesses(), 1);
+  ASSERT_OK_AND_ASSIGN(CgroupStats stats, group->Stats());
+  EXPECT_EQ(stats.pids_current, 2);  // init and the exec
+  EXPECT_GT(stats.memory_current_bytes, 0);
+
+  ASSERT_OK(group->KillAll());
+  EXPECT_TRUE(WIFSIGNALED(WaitStatus(exec)));
+  EXPECT_TRUE(WIFSIGNALED(WaitStatus(init)));
+  group->ReleaseSlot(slot);
+  // Pooled with its memory cgroup, which the next user finds in place.
+  manager->Release(std::move(group));
+  ASSERT_OK_AND_ASSIGN(group, manager->Acquire({.memory_bytes = 48 * kMiB}));
+  EXPECT_EQ(group->PathFor("memory"), mem_path);
+  EXPECT_EQ(Slurp(mem_path + "/memory.limit_in_bytes"),
+            absl::StrCat(48 * kMiB, "\n"));
+  group.reset();
+  manager.reset();
+  EXPECT_FALSE(Exists(mem_path));
 }
 
 TEST_F(CgroupTest, SlotKillAllKillsDoubleForkedDaemon) {
@@ -591,19 +690,22 @@ TEST_F(CgroupTest, SlotPeakReflectsTouchedMemoryAndResets) {
   int status = WaitStatus(pid);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   ASSERT_OK_AND_ASSIGN(CgroupStats stats, slot->Stats());
-  EXPECT_GE(stats.memory_peak_bytes, 60 * kMiB);
-  EXPECT_LT(stats.memory_peak_bytes, 256 * kMiB);
+  if (manager->version() == CgroupVersion::kV1) {
+    EXPECT_EQ(stats.memory_peak_bytes, 0);  // no memory cgroup per slot
+  } else {
+    EXPECT_GE(stats.memory_peak_bytes, 60 * kMiB);
+    EXPECT_LT(stats.memory_peak_bytes, 256 * kMiB);
+  }
   ASSERT_OK_AND_ASSIGN(CgroupStats group_stats, group->Stats());
   EXPECT_GE(group_stats.memory_peak_bytes, 60 * kMiB);
+  EXPECT_LT(group_stats.memory_peak_bytes, 256 * kMiB);
   group->ReleaseSlot(slot);
 
-  // The same slot again: its peak starts over.
+  // The same slot again: its peak starts over (v2; v1 has none).
   ASSERT_OK_AND_ASSIGN(ExecSlot * again, group->AcquireSlot());
   EXPECT_EQ(again, slot);
   ASSERT_OK_AND_ASSIGN(stats, again->Stats());
-  if (manager->version() == CgroupVersion::kV1) {
-    EXPECT_LT(stats.memory_peak_bytes, 16 * kMiB);
-  }
+  EXPECT_LT(stats.memory_peak_bytes, 16 * kMiB);
 }
 
 TEST_F(CgroupTest, AcquireSlotSkipsSlotWithDaemonUntilItEmpties) {
@@ -621,7 +723,7 @@ TEST_F(CgroupTest, AcquireSlotSkipsSlotWithDaemonUntilItEmpties) {
   ASSERT_OK_AND_ASSIGN(ExecSlot * third, group->AcquireSlot());
   EXPECT_EQ(third, second);  // the free empty slot, no new directory
   group->ReleaseSlot(third);
-  EXPECT_EQ(CountSubdirs(group->PathFor("memory")),
+  EXPECT_EQ(CountSubdirs(group->PathFor("freezer")),
             manager->version() == CgroupVersion::kV1 ? 2 : 3);
 
   ASSERT_OK(first->KillAll());
@@ -636,7 +738,7 @@ TEST_F(CgroupTest, ReleaseThenAcquireReusesPooledGroup) {
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({.memory_bytes = 64 * kMiB,
                                                      .pids = 10,
                                                      .cpu_millicores = 500}));
-  const std::string path = group->PathFor("memory");
+  const std::string path = group->PathFor("freezer");
   const std::string root = Parent(path);
   ASSERT_OK_AND_ASSIGN(ExecSlot * s0, group->AcquireSlot());
   ASSERT_OK_AND_ASSIGN(ExecSlot * s1, group->AcquireSlot());
@@ -652,7 +754,8 @@ TEST_F(CgroupTest, ReleaseThenAcquireReusesPooledGroup) {
 
   ASSERT_OK_AND_ASSIGN(group, manager->Acquire({.memory_bytes = 128 * kMiB}));
   EXPECT_EQ(manager->PooledForTesting(), 0);
-  EXPECT_EQ(group->PathFor("memory"), path);
+  EXPECT_EQ(group->PathFor("freezer"), path);
+  EXPECT_TRUE(Exists(group->PathFor("memory")));  // kept from the first use
   EXPECT_EQ(CountSubdirs(root), dirs);
   EXPECT_EQ(CountSubdirs(path), group_dirs);
   ASSERT_OK_AND_ASSIGN(ExecSlot * again, group->AcquireSlot());
@@ -866,7 +969,7 @@ TEST_F(CgroupTest, V2CoreOnControllerlessHierarchy) {
   const std::string path = group->PathFor("memory");
   const std::string root = Parent(path);
   EXPECT_TRUE(Exists(path + "/init"));
-  EXPECT_TRUE(Exists(path + "/e0"));
+  EXPECT_FALSE(Exists(path + "/e0"));  // made by the first AcquireSlot
   ASSERT_EQ(group->OpenInitProcsFds()->size(), 1u);
 
   // Freeze and thaw through cgroup.freeze.

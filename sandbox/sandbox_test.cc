@@ -213,6 +213,43 @@ TEST_F(SandboxTest, MemoryBombIsReportedAsOom) {
   EXPECT_GT(r.peak_memory_bytes, 32 << 20);
 }
 
+TEST_F(SandboxTest, PeakMemoryIsPerExec) {
+  SandboxSpec spec;
+  spec.limits.memory_bytes = 512 << 20;
+  auto sb = NewSandbox(spec);
+  ASSERT_NE(sb, nullptr);
+  // The first exec of a sandbox (its slot, and on cgroup v1 its memory
+  // cgroup, are made for it) touches 64 MiB.
+  ExecResult big =
+      Sh(*sb,
+         "python3 -c 'b = bytearray(64 << 20); b[::4096] = b\"x\" * "
+         "len(b[::4096])'");
+  EXPECT_EQ(big.outcome, ExecOutcome::kExited) << big.stderr_data;
+  EXPECT_EQ(big.exit_code, 0) << big.stderr_data;
+  EXPECT_GE(big.peak_memory_bytes, 60 << 20);
+  EXPECT_LT(big.peak_memory_bytes, 256 << 20);
+  // A small exec afterwards reports its own peak, not the sandbox's.
+  ExecResult small = Sh(*sb, "true");
+  EXPECT_GT(small.peak_memory_bytes, 0);
+  EXPECT_LT(small.peak_memory_bytes, 32 << 20);
+}
+
+TEST_F(SandboxTest, FirstExecOfFreshSandboxTimesOutAndKillsDaemons) {
+  // Nothing ran in the sandbox before: the exec slot is made for this exec.
+  auto sb = NewSandbox();
+  ASSERT_NE(sb, nullptr);
+  ExecResult r = Sh(*sb,
+                    "setsid sleep 300 & setsid sh -c 'sleep 300 &'; "
+                    "sleep 300",
+                    absl::Milliseconds(500));
+  EXPECT_EQ(r.outcome, ExecOutcome::kTimedOut);
+  EXPECT_LT(r.wall_time, absl::Seconds(5));
+  ExecResult ps = Sh(*sb,
+                     "for p in /proc/[0-9]*; do [ $p = /proc/1 ] || "
+                     "[ $p = /proc/$$ ] || echo $p; done");
+  EXPECT_EQ(ps.stdout_data, "") << "processes left after timeout";
+}
+
 TEST_F(SandboxTest, CpuSpinTimesOutAndWholeTreeIsKilled) {
   auto sb = NewSandbox();
   ASSERT_NE(sb, nullptr);
@@ -710,6 +747,11 @@ TEST_F(SandboxTest, ThousandCyclesLeaveNothingBehind) {
     ASSERT_EQ(r->stdout_data, "hi\n");
   }
   EXPECT_EQ(our_mounts(), mounts);
+  // The netns pool's thread holds a few fds while it makes a namespace (it
+  // refills after every launch); let it finish.
+  for (int i = 0; i < 200 && CountDir("/proc/self/fd") != fds; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
   EXPECT_EQ(CountDir("/proc/self/fd"), fds);
   EXPECT_EQ(CountChildren(), children);
   EXPECT_EQ(runtime_->cgroups().PooledForTesting(), pooled);
