@@ -330,6 +330,27 @@ TEST_F(SandboxTest, DiskFillStopsAtWritableLayerCap) {
   EXPECT_LE(mb, 16);
 }
 
+TEST_F(SandboxTest, DevShmIsWritablePrivateAndCappedByDisk) {
+  SandboxSpec spec;
+  spec.disk_bytes = 8 << 20;
+  auto a = NewSandbox(spec);
+  auto b = NewSandbox(spec);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ExecResult w = Sh(*a,
+                    "stat -c %a /dev/shm && echo hi > /dev/shm/x && "
+                    "python3 -c 'import mmap,os; "
+                    "f=os.open(\"/dev/shm/y\", os.O_CREAT|os.O_RDWR); "
+                    "os.ftruncate(f, 4096); m=mmap.mmap(f, 4096); "
+                    "m[:2]=b\"ok\"; print(m[:2].decode())'");
+  EXPECT_EQ(w.stdout_data, "1777\nok\n") << w.stderr_data;
+  EXPECT_EQ(Sh(*b, "ls -A /dev/shm").stdout_data, "");
+  // Shared memory comes out of the writable layer's cap.
+  ExecResult fill =
+      Sh(*a, "dd if=/dev/zero of=/dev/shm/big bs=1M count=32 2>&1; echo $?");
+  EXPECT_THAT(fill.stdout_data, HasSubstr("No space left on device"));
+}
+
 TEST_F(SandboxTest, HostDirectoriesAreReadOnly) {
   auto sb = NewSandbox();
   ASSERT_NE(sb, nullptr);

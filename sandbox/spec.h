@@ -33,7 +33,8 @@ struct SandboxSpec {
 
   CgroupLimits limits{
       .memory_bytes = 1LL << 30, .pids = 256, .cpu_millicores = 0};
-  // Size cap of the writable layer (tmpfs upper, which also holds /tmp).
+  // Size cap of the writable layer (tmpfs upper, which also holds /tmp and
+  // /dev/shm).
   int64_t disk_bytes = 512LL << 20;
   int64_t disk_inodes = 65536;
 
