@@ -32,13 +32,14 @@
 //    cost O(N^2)). So on v1 (a) slots exist only in the hierarchies of
 //    freezer, pids and cpuacct (finding, counting, killing and timing an
 //    exec's tree); an exec's processes join the *group's* directory in the
-//    others (memory, cpu), where the limits are; and (b) when memory has a
-//    hierarchy of its own, the group's memory directory is made at the first
-//    AcquireSlot (the first exec) rather than with the group. Until then the
-//    only process of the sandbox is its init, which is trusted, static and
-//    makes no allocations; it joins the manager root's memory cgroup and
-//    stays there, so every exec (the only source of untrusted code) runs
-//    under the sandbox's memory limit.
+//    others (memory, cpu), where the limits are; and (b) the group's
+//    directories outside the freezer's hierarchy (hierarchy 0) are made at
+//    the first AcquireSlot (the first exec), with the limits, rather than
+//    with the group (Node `lazy_`). Until then the only process of the
+//    sandbox is its init, which is trusted, static and makes no
+//    allocations; it joins the group in the freezer hierarchy and the
+//    manager root in the others and stays there, so every exec (the only
+//    source of untrusted code) runs under the sandbox's limits.
 #include "sandbox/cgroup.h"
 
 #include <dirent.h>
@@ -323,9 +324,9 @@ struct Layout {
   // Hierarchies (bit h = hierarchies[h]) a slot has a directory in: v1 those
   // of freezer, pids and cpuacct; v2 the one.
   uint32_t slot_mask = 0;
-  // v1: the memory hierarchy when memory is mounted on its own (the group's
-  // memory directory is then made lazily, see the top); -1 otherwise.
-  int lazy_memory = -1;
+  // v1: hierarchies where a group's directory is made at its first
+  // AcquireSlot (all but the freezer's, see the top); 0 on v2.
+  uint32_t lazy_mask = 0;
 
   uint32_t AllMask() const {
     return static_cast<uint32_t>((uint64_t{1} << hierarchies.size()) - 1);
@@ -931,13 +932,18 @@ class SandboxCgroupImpl final : public SandboxCgroup {
   // nodes plus a lazily made memory directory.
   std::vector<const Node*> CounterNodesLocked() const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // The node holding the group's memory files; nullptr while v1's lazy
-  // memory directory is not made yet.
-  const Node* MemoryNodeLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return layout_.lazy_memory >= 0 ? mem_.get() : sb_.get();
+  // The group's node holding file `f`; nullptr while it is a lazy one not
+  // made yet (or the host lacks the controller).
+  const Node* NodeForLocked(File f) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    const int h = layout_.HierarchyFor((*layout_.files)[f].controller);
+    if (sb_->In(h)) return sb_.get();
+    return lazy_ != nullptr && lazy_->In(h) ? lazy_.get() : nullptr;
   }
-  // Makes v1's lazy memory directory with the group's memory limit.
-  absl::Status MaterializeMemoryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // v1: makes the group's lazy directories and writes its limits there.
+  absl::Status MaterializeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes the limits in `limits_` that live in `node`'s hierarchies.
+  absl::Status WriteLimitsLocked(const Node& node)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes the memory limit to `node` (REQUIRES: it has the memory files).
   absl::Status WriteMemoryLimitLocked(const Node& node, int64_t memory_bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -947,18 +953,34 @@ class SandboxCgroupImpl final : public SandboxCgroup {
   std::shared_ptr<const Tree> tree_;
   const Layout& layout_;
   const std::string name_;
-  std::unique_ptr<Node> sb_;    // v1 with lazy memory: all but memory
+  std::unique_ptr<Node> sb_;    // v1: the freezer hierarchy only
   std::unique_ptr<Node> init_;  // v2 only
   mutable absl::Mutex mu_;
-  std::unique_ptr<Node> mem_ ABSL_GUARDED_BY(mu_);  // v1 lazy memory only
+  std::unique_ptr<Node> lazy_ ABSL_GUARDED_BY(mu_);  // v1: the others
   std::vector<std::unique_ptr<SlotImpl>> slots_ ABSL_GUARDED_BY(mu_);
   Baseline base_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> frozen_{false};
-  // Memory limit wanted (applied to a lazy memory directory when it is
-  // made) and last written (v1 needs it to order the memsw writes).
-  int64_t mem_wanted_ ABSL_GUARDED_BY(mu_) = 0;
+  // Limits wanted (written to lazy directories when they are made), and
+  // the memory limit last written (v1 orders the memsw writes by it).
+  CgroupLimits limits_ ABSL_GUARDED_BY(mu_);
   int64_t mem_limit_ ABSL_GUARDED_BY(mu_) = kUnlimited;
 };
+
+// v1: settings a new group directory needs in the hierarchies it has.
+absl::Status PrepareV1Node(const Node& node) {
+  const Layout& l = node.layout();
+  if (node.In(l.HierarchyFor(kMemory))) {
+    // Best effort: fails where the kernel has no swap support at all.
+    WriteBestEffort(node, kMemory, "memory.swappiness", "0");
+  }
+  if (node.In(l.HierarchyFor(kCpu))) {
+    char buf[24];
+    RETURN_IF_ERROR(WriteFile(
+        absl::StrCat(node.PathIn(l.HierarchyFor(kCpu)), "/cpu.cfs_period_us"),
+        FormatInt(kCpuPeriodUs, buf)));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<SandboxCgroupImpl>> SandboxCgroupImpl::Create(
     std::shared_ptr<const Tree> tree, int id) {
@@ -966,21 +988,11 @@ absl::StatusOr<std::unique_ptr<SandboxCgroupImpl>> SandboxCgroupImpl::Create(
   std::unique_ptr<SandboxCgroupImpl> g(
       new SandboxCgroupImpl(std::move(tree), name));
   const Layout& l = g->layout_;
-  const uint32_t sb_mask =
-      l.lazy_memory >= 0 ? l.AllMask() & ~(1u << l.lazy_memory) : l.AllMask();
-  ASSIGN_OR_RETURN(g->sb_, Node::Create(l, name, kRoleGroup, sb_mask));
+  ASSIGN_OR_RETURN(
+      g->sb_, Node::Create(l, name, kRoleGroup, l.AllMask() & ~l.lazy_mask));
   const Node& sb = *g->sb_;
   if (l.version == CgroupVersion::kV1) {
-    if (l.Has(kMemory) && l.lazy_memory < 0) {
-      // Best effort: fails where the kernel has no swap support at all.
-      WriteBestEffort(sb, kMemory, "memory.swappiness", "0");
-    }
-    if (l.Has(kCpu)) {
-      char buf[24];
-      RETURN_IF_ERROR(WriteFile(
-          absl::StrCat(sb.PathIn(l.hierarchy_of[kCpu]), "/cpu.cfs_period_us"),
-          FormatInt(kCpuPeriodUs, buf)));
-    }
+    RETURN_IF_ERROR(PrepareV1Node(sb));
   } else {
     if (sb.Has(kSwapLimit)) RETURN_IF_ERROR(WriteNode(sb, kSwapLimit, "0"));
     ASSIGN_OR_RETURN(g->init_, Node::Create(l, absl::StrCat(name, "/init"),
@@ -1019,7 +1031,7 @@ std::vector<const Node*> SandboxCgroupImpl::ProcessNodesLocked() const {
 
 std::vector<const Node*> SandboxCgroupImpl::CounterNodesLocked() const {
   std::vector<const Node*> nodes = ProcessNodesLocked();
-  if (mem_ != nullptr) nodes.push_back(mem_.get());
+  if (lazy_ != nullptr) nodes.push_back(lazy_.get());
   return nodes;
 }
 
@@ -1048,7 +1060,7 @@ absl::StatusOr<std::vector<UniqueFd>> SandboxCgroupImpl::OpenSlotProcsFds(
   std::vector<UniqueFd> fds;
   for (int h = 0; h < static_cast<int>(layout_.hierarchies.size()); ++h) {
     const Node* node = &slot;
-    if (!slot.In(h)) node = sb_->In(h) ? sb_.get() : mem_.get();
+    if (!slot.In(h)) node = sb_->In(h) ? sb_.get() : lazy_.get();
     if (node == nullptr || !node->In(h)) {
       return absl::InternalError(
           absl::StrCat("no cgroup for a slot of ", sb_->PathIn(0), " in ",
@@ -1060,26 +1072,25 @@ absl::StatusOr<std::vector<UniqueFd>> SandboxCgroupImpl::OpenSlotProcsFds(
   return fds;
 }
 
-absl::Status SandboxCgroupImpl::MaterializeMemoryLocked() {
-  if (layout_.lazy_memory < 0 || mem_ != nullptr) return absl::OkStatus();
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<Node> mem,
-      Node::Create(layout_, name_, kRoleGroup, 1u << layout_.lazy_memory));
-  // Best effort: fails where the kernel has no swap support at all.
-  WriteBestEffort(*mem, kMemory, "memory.swappiness", "0");
+absl::Status SandboxCgroupImpl::MaterializeLocked() {
+  if (layout_.lazy_mask == 0 || lazy_ != nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::unique_ptr<Node> node,
+                   Node::Create(layout_, name_, kRoleGroup, layout_.lazy_mask));
+  RETURN_IF_ERROR(PrepareV1Node(*node));
   mem_limit_ = kUnlimited;
-  if (mem_wanted_ > 0)
-    RETURN_IF_ERROR(WriteMemoryLimitLocked(*mem, mem_wanted_));
-  // A new directory: its peak and event counters start at zero, which is
-  // what the baselines taken without it assumed.
-  mem_ = std::move(mem);
+  RETURN_IF_ERROR(WriteLimitsLocked(*node));
+  // New directories: their peak and counters start at zero, which is what
+  // the baselines taken without them assumed.
+  lazy_ = std::move(node);
   return absl::OkStatus();
 }
 
 absl::Status SandboxCgroupImpl::Rebaseline() {
   absl::MutexLock lock(&mu_);
   Baseline b;
-  ASSIGN_OR_RETURN(b.cpu_ns, ReadCpuNs(layout_, *sb_));
+  if (const Node* cpu = NodeForLocked(kCpuUsage); cpu != nullptr) {
+    ASSIGN_OR_RETURN(b.cpu_ns, ReadCpuNs(layout_, *cpu));
+  }
   for (const Node* n : CounterNodesLocked()) {
     ASSIGN_OR_RETURN(int64_t oom, ReadOomKills(*n));
     ASSIGN_OR_RETURN(int64_t forks, ReadPidsMaxEvents(*n));
@@ -1087,8 +1098,9 @@ absl::Status SandboxCgroupImpl::Rebaseline() {
     b.pids_max_events += forks;
   }
   base_ = b;
-  if (mem_ != nullptr) ResetPeak(layout_, *mem_);
-  if (layout_.lazy_memory < 0) ResetPeak(layout_, *sb_);
+  if (const Node* mem = NodeForLocked(kCurrent); mem != nullptr) {
+    ResetPeak(layout_, const_cast<Node&>(*mem));
+  }
   return absl::OkStatus();
 }
 
@@ -1119,28 +1131,37 @@ absl::Status SandboxCgroupImpl::ApplyLimits(const CgroupLimits& limits) {
   if (limits.memory_bytes < 0 || limits.pids < 0 || limits.cpu_millicores < 0) {
     return absl::InvalidArgumentError("cgroup limits must not be negative");
   }
-  const Node& sb = *sb_;
+  if (!layout_.Has(kMemory) && limits.memory_bytes > 0) {
+    return absl::FailedPreconditionError("no memory controller");
+  }
+  if (!layout_.Has(kPids) && limits.pids > 0) {
+    return absl::FailedPreconditionError("no pids controller");
+  }
+  if (!layout_.Has(kCpu) && limits.cpu_millicores > 0) {
+    return absl::FailedPreconditionError("no cpu controller");
+  }
+  absl::MutexLock lock(&mu_);
+  limits_ = limits;
+  RETURN_IF_ERROR(WriteLimitsLocked(*sb_));
+  if (lazy_ != nullptr) RETURN_IF_ERROR(WriteLimitsLocked(*lazy_));
+  return absl::OkStatus();
+}
+
+absl::Status SandboxCgroupImpl::WriteLimitsLocked(const Node& node) {
+  const CgroupLimits& limits = limits_;
   const bool v1 = layout_.version == CgroupVersion::kV1;
   char buf[24];
   // Memory (swap always off: v1 memsw = memory; v2 swap.max = 0 at creation).
-  if (layout_.Has(kMemory)) {
-    absl::MutexLock lock(&mu_);
-    mem_wanted_ = limits.memory_bytes;
-    if (const Node* node = MemoryNodeLocked(); node != nullptr) {
-      RETURN_IF_ERROR(WriteMemoryLimitLocked(*node, limits.memory_bytes));
-    }
-  } else if (limits.memory_bytes > 0) {
-    return absl::FailedPreconditionError("no memory controller");
+  if (node.Has(kMemLimit)) {
+    RETURN_IF_ERROR(WriteMemoryLimitLocked(node, limits.memory_bytes));
   }
-  // Pids.
-  if (layout_.Has(kPids)) {
-    RETURN_IF_ERROR(WriteNode(
-        sb, kPidsMax, limits.pids > 0 ? FormatInt(limits.pids, buf) : "max"));
-  } else if (limits.pids > 0) {
-    return absl::FailedPreconditionError("no pids controller");
+  if (node.Has(kPidsMax)) {
+    RETURN_IF_ERROR(WriteNode(node, kPidsMax,
+                              limits.pids > 0 ? FormatInt(limits.pids, buf)
+                                              : absl::string_view("max")));
   }
   // CPU: quota per 100 ms period.
-  if (layout_.Has(kCpu)) {
+  if (node.Has(kCpuMax)) {
     int64_t quota = -1;
     if (limits.cpu_millicores > 0) {
       quota = limits.cpu_millicores > std::numeric_limits<int64_t>::max() /
@@ -1150,22 +1171,20 @@ absl::Status SandboxCgroupImpl::ApplyLimits(const CgroupLimits& limits) {
       quota = std::max(quota, kMinCpuQuotaUs);
     }
     if (v1) {
-      RETURN_IF_ERROR(WriteNode(sb, kCpuMax, FormatInt(quota, buf)));
+      RETURN_IF_ERROR(WriteNode(node, kCpuMax, FormatInt(quota, buf)));
     } else {
       std::string text = quota < 0 ? absl::StrCat("max ", kCpuPeriodUs)
                                    : absl::StrCat(quota, " ", kCpuPeriodUs);
-      RETURN_IF_ERROR(WriteNode(sb, kCpuMax, text));
+      RETURN_IF_ERROR(WriteNode(node, kCpuMax, text));
     }
-  } else if (limits.cpu_millicores > 0) {
-    return absl::FailedPreconditionError("no cpu controller");
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<ExecSlot*> SandboxCgroupImpl::AcquireSlot() {
   absl::MutexLock lock(&mu_);
-  // Before any exec starts: the memory limit is in place for it.
-  RETURN_IF_ERROR(MaterializeMemoryLocked());
+  // Before any exec starts: the limits are in place for it.
+  RETURN_IF_ERROR(MaterializeLocked());
   SlotImpl* chosen = nullptr;
   // The lowest-index slot that is free, or draining and now empty (its
   // daemons have gone), so e0 is reused first and directories stay few.
@@ -1206,16 +1225,20 @@ void SandboxCgroupImpl::ReleaseSlot(ExecSlot* slot) {
 
 absl::StatusOr<CgroupStats> SandboxCgroupImpl::Stats() const {
   CgroupStats st;
-  const Node& sb = *sb_;
+  int64_t cpu = 0;
   {
     absl::MutexLock lock(&mu_);
-    if (const Node* mem = MemoryNodeLocked(); mem != nullptr) {
+    if (const Node* mem = NodeForLocked(kCurrent); mem != nullptr) {
       ASSIGN_OR_RETURN(st.memory_peak_bytes, ReadValue(*mem, kPeak));
       ASSIGN_OR_RETURN(st.memory_current_bytes, ReadValue(*mem, kCurrent));
     }
+    if (const Node* pids = NodeForLocked(kPidsCurrent); pids != nullptr) {
+      ASSIGN_OR_RETURN(st.pids_current, ReadValue(*pids, kPidsCurrent));
+    }
+    if (const Node* acct = NodeForLocked(kCpuUsage); acct != nullptr) {
+      ASSIGN_OR_RETURN(cpu, ReadCpuNs(layout_, *acct));
+    }
   }
-  ASSIGN_OR_RETURN(st.pids_current, ReadValue(sb, kPidsCurrent));
-  ASSIGN_OR_RETURN(int64_t cpu, ReadCpuNs(layout_, sb));
   ASSIGN_OR_RETURN(CgroupStats events, EventStats());
   st.oom_kills = events.oom_kills;
   st.pids_max_events = events.pids_max_events;
@@ -1279,7 +1302,7 @@ absl::Status SandboxCgroupImpl::ResetForReuse() {
     if (!slots_.empty()) slots_[0]->state = SlotImpl::State::kFree;
     // Page cache the sandbox left stays charged to the group; give it back
     // so the next sandbox starts from zero.
-    const Node* mem = MemoryNodeLocked();
+    const Node* mem = NodeForLocked(kCurrent);
     if (layout_.Has(kMemory) && mem != nullptr) {
       absl::StatusOr<int64_t> usage = ReadValue(*mem, kCurrent);
       if (usage.ok() && *usage > kReclaimThreshold) {
@@ -1598,10 +1621,9 @@ absl::StatusOr<Layout> DetectLayout(const CgroupManagerOptions& options,
         layout.slot_mask |= 1u << h;
       }
     }
-    const int mem_h = layout.hierarchy_of[kMemory];
-    if (mem_h >= 0 && layout.hierarchies[mem_h].controllers == 1u << kMemory) {
-      layout.lazy_memory = mem_h;
-    }
+    // Hierarchy 0 is the freezer's: the group's directory there is made
+    // with the group (init joins it; Park, KillAll and counting use it).
+    layout.lazy_mask = layout.AllMask() & ~1u;
   }
   return layout;
 }

@@ -23,11 +23,13 @@
 //    exec's processes are in sb-<n> in the memory and cpu hierarchies, so
 //    a slot's memory counters (peak, current, oom kills) read 0 on v1 and
 //    the group's hold them;
-//  - where memory has a hierarchy of its own, sb-<n> is made there by the
-//    first AcquireSlot, not by Acquire. PID 1 (trusted, static, allocation
-//    free) stays in the manager root's memory cgroup; every exec joins
-//    sb-<n>'s through ExecSlot::OpenProcsFds, so all code a caller runs is
-//    under the memory limit.
+//  - sb-<n> is made in the freezer's hierarchy by Acquire and in the others
+//    (memory, pids, cpu, cpuacct) by the first AcquireSlot, with the limits.
+//    PID 1 (trusted, static, allocation free) is in sb-<n> for the freezer
+//    (Park, KillAll) and stays in the manager root elsewhere; every exec
+//    joins sb-<n> there through ExecSlot::OpenProcsFds, so all code a caller
+//    runs is under the limits. An idle sandbox that never ran an exec thus
+//    has one cgroup directory and no memory cgroup.
 //
 // Joining is done by the process itself: a child writes "0" to each fd of
 // OpenProcsFds() (opened O_WRONLY by the host for that one join, passed

@@ -380,13 +380,12 @@ int CountFds() {
   return n - 1;  // the DIR's own fd
 }
 
-// True when memory is mounted on its own (v1): the group's memory cgroup is
-// then made by the first AcquireSlot.
-bool MemoryIsLazy(const CgroupManager& manager, const SandboxCgroup& group) {
+// True when the group's directory for `controller` is made by the first
+// AcquireSlot: v1, outside the freezer's hierarchy.
+bool IsLazy(const CgroupManager& manager, const SandboxCgroup& group,
+            const char* controller) {
   return manager.version() == CgroupVersion::kV1 &&
-         group.PathFor("memory") != group.PathFor("pids") &&
-         group.PathFor("memory") != group.PathFor("freezer") &&
-         group.PathFor("memory") != group.PathFor("cpuacct");
+         group.PathFor(controller) != group.PathFor("freezer");
 }
 
 TEST_F(CgroupTest, CreatesTreeInEveryHierarchy) {
@@ -394,22 +393,24 @@ TEST_F(CgroupTest, CreatesTreeInEveryHierarchy) {
   ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({}));
   if (manager->version() == CgroupVersion::kV1) {
-    const bool lazy = MemoryIsLazy(*manager, *group);
-    for (const char* c : {"pids", "cpu", "cpuacct", "freezer"}) {
-      EXPECT_TRUE(Exists(group->PathFor(c))) << c;
+    for (const char* c : {"memory", "pids", "cpu", "cpuacct", "freezer"}) {
+      EXPECT_EQ(Exists(group->PathFor(c)), !IsLazy(*manager, *group, c)) << c;
     }
-    EXPECT_EQ(Exists(group->PathFor("memory")), !lazy);
     // One per hierarchy: 5 here, 4 where cpu,cpuacct are co-mounted.
     EXPECT_GE(group->OpenInitProcsFds()->size(), 4u);
     // Slots: none until the first exec, then only where an exec's tree is
     // found, counted and timed (freezer, pids, cpuacct).
     EXPECT_FALSE(Exists(group->PathFor("freezer") + "/e0"));
     ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
-    EXPECT_TRUE(Exists(group->PathFor("memory")));
+    for (const char* c : {"memory", "pids", "cpu", "cpuacct", "freezer"}) {
+      EXPECT_TRUE(Exists(group->PathFor(c))) << c;
+    }
     for (const char* c : {"pids", "cpuacct", "freezer"}) {
       EXPECT_TRUE(Exists(group->PathFor(c) + "/e0")) << c;
     }
-    EXPECT_FALSE(Exists(group->PathFor("memory") + "/e0"));
+    if (IsLazy(*manager, *group, "memory")) {
+      EXPECT_FALSE(Exists(group->PathFor("memory") + "/e0"));
+    }
     EXPECT_EQ(slot->OpenProcsFds()->size(), group->OpenInitProcsFds()->size());
   } else {
     EXPECT_TRUE(Exists(group->PathFor("memory") + "/init"));
@@ -498,13 +499,13 @@ std::string CgroupOf(pid_t pid, const std::string& controller) {
   return "";
 }
 
-TEST_F(CgroupTest, V1MemoryCgroupIsMadeForTheFirstExecAndInitStaysOut) {
+TEST_F(CgroupTest, V1GroupIsMadeForTheFirstExecAndInitStaysOut) {
   DSEC_REQUIRE_HOST_FEATURE(CgroupsAvailable(), "cgroups (root)");
   ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
   ASSERT_OK_AND_ASSIGN(
       auto group, manager->Acquire({.memory_bytes = 32 * kMiB, .pids = 64}));
-  if (!MemoryIsLazy(*manager, *group)) {
-    GTEST_SKIP() << "memory is not a v1 hierarchy of its own here";
+  if (!IsLazy(*manager, *group, "memory")) {
+    GTEST_SKIP() << "memory is not a v1 hierarchy apart from the freezer";
   }
   const std::string mem_path = group->PathFor("memory");
   EXPECT_FALSE(Exists(mem_path));
@@ -512,7 +513,8 @@ TEST_F(CgroupTest, V1MemoryCgroupIsMadeForTheFirstExecAndInitStaysOut) {
     pause();
     return 0;
   });
-  // Init is in the group everywhere but memory, where it is in the root.
+  // Init is in the group's freezer cgroup, and in the manager root in the
+  // lazy hierarchies.
   EXPECT_TRUE(
       absl::EndsWith(group->PathFor("freezer"), CgroupOf(init, "freezer")));
   EXPECT_TRUE(absl::EndsWith(Parent(mem_path), CgroupOf(init, "memory")))
@@ -522,6 +524,9 @@ TEST_F(CgroupTest, V1MemoryCgroupIsMadeForTheFirstExecAndInitStaysOut) {
   ASSERT_TRUE(Exists(mem_path));
   EXPECT_EQ(Slurp(mem_path + "/memory.limit_in_bytes"),
             absl::StrCat(32 * kMiB, "\n"));
+  if (IsLazy(*manager, *group, "pids")) {
+    EXPECT_EQ(Slurp(group->PathFor("pids") + "/pids.max"), "64\n");
+  }
   pid_t exec = SpawnJoined(slot->OpenProcsFds(), [] {
     pause();
     return 0;
@@ -534,7 +539,8 @@ TEST_F(CgroupTest, V1MemoryCgroupIsMadeForTheFirstExecAndInitStaysOut) {
       << CgroupOf(exec, "freezer");
   EXPECT_EQ(*slot->CountProcesses(), 1);
   ASSERT_OK_AND_ASSIGN(CgroupStats stats, group->Stats());
-  EXPECT_EQ(stats.pids_current, 2);  // init and the exec
+  // The exec (and init where pids shares the freezer's hierarchy).
+  EXPECT_EQ(stats.pids_current, IsLazy(*manager, *group, "pids") ? 1 : 2);
   EXPECT_GT(stats.memory_current_bytes, 0);
 
   ASSERT_OK(group->KillAll());

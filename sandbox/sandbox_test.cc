@@ -662,6 +662,20 @@ int CountDir(const std::string& path) {
   return n;
 }
 
+// Our open fds once the count holds still for 100 ms: the netns pool's
+// thread holds a few while it makes a namespace (it refills after every
+// launch).
+int SettledFdCount() {
+  int last = CountDir("/proc/self/fd"), same = 0;
+  for (int i = 0; i < 500 && same < 10; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+    const int n = CountDir("/proc/self/fd");
+    same = n == last ? same + 1 : 0;
+    last = n;
+  }
+  return last;
+}
+
 // Our child processes (sandbox inits), live or zombie.
 int CountChildren() {
   int n = 0;
@@ -757,7 +771,7 @@ TEST_F(SandboxTest, ThousandCyclesLeaveNothingBehind) {
   const int mounts = our_mounts();
   EXPECT_GT(mounts, 0) << "the runtime's host mounts are no longer under "
                        << state << "; update this count";
-  const int fds = CountDir("/proc/self/fd");
+  const int fds = SettledFdCount();
   const int children = CountChildren();
   const int pooled = runtime_->cgroups().PooledForTesting();
   for (int i = 0; i < cycles; ++i) {
@@ -768,12 +782,7 @@ TEST_F(SandboxTest, ThousandCyclesLeaveNothingBehind) {
     ASSERT_EQ(r->stdout_data, "hi\n");
   }
   EXPECT_EQ(our_mounts(), mounts);
-  // The netns pool's thread holds a few fds while it makes a namespace (it
-  // refills after every launch); let it finish.
-  for (int i = 0; i < 200 && CountDir("/proc/self/fd") != fds; ++i) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  EXPECT_EQ(CountDir("/proc/self/fd"), fds);
+  EXPECT_EQ(SettledFdCount(), fds);
   EXPECT_EQ(CountChildren(), children);
   EXPECT_EQ(runtime_->cgroups().PooledForTesting(), pooled);
 }
