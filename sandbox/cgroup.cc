@@ -21,9 +21,25 @@
 //    time) are baselined; v1's and v2's "local" event files count at the
 //    cgroup where the event happened, so a group's total is the sum over
 //    the nodes that can hold processes (v1: sb + slots; v2: init + slots).
-//  - A pooled group holds no process, is thawed, has only e0 (and init on
-//    v2), and its baselines and peak were reset when it was released, so
-//    Acquire only writes the limits.
+//  - A pooled group holds no process, is thawed, has at most e0 (and init
+//    on v2), and its baselines and peak were reset when it was released, so
+//    Acquire only writes the limits. Slots are made by the first
+//    AcquireSlot, not with the group: an idle sandbox that never ran an exec
+//    has no slot directories.
+//  - v1 density: a memory cgroup is the expensive kind (the kernel gives
+//    each one a shrinker_info of ~1 KiB per 64 memcg-aware shrinkers, i.e.
+//    per ~64 superblocks on the host, so N sandboxes with a few mounts each
+//    cost O(N^2)). So on v1 (a) slots exist only in the hierarchies of
+//    freezer, pids and cpuacct (finding, counting, killing and timing an
+//    exec's tree); an exec's processes join the *group's* directory in the
+//    others (memory, cpu), where the limits are; and (b) the group's
+//    directories outside the freezer's hierarchy (hierarchy 0) are made at
+//    the first AcquireSlot (the first exec), with the limits, rather than
+//    with the group (Node `lazy_`). Until then the only process of the
+//    sandbox is its init, which is trusted, static and makes no
+//    allocations; it joins the group in the freezer hierarchy and the
+//    manager root in the others and stays there, so every exec (the only
+//    source of untrusted code) runs under the sandbox's limits.
 #include "sandbox/cgroup.h"
 
 #include <dirent.h>
@@ -305,6 +321,16 @@ struct Layout {
   // fallback); nullptr where the host lacks it. Set once the root exists.
   std::array<const char*, kNumFiles> file_names{};
   bool peak_writable = true;  // memory.peak takes resets (v1; v2 >= 6.12)
+  // Hierarchies (bit h = hierarchies[h]) a slot has a directory in: v1 those
+  // of freezer, pids and cpuacct; v2 the one.
+  uint32_t slot_mask = 0;
+  // v1: hierarchies where a group's directory is made at its first
+  // AcquireSlot (all but the freezer's, see the top); 0 on v2.
+  uint32_t lazy_mask = 0;
+
+  uint32_t AllMask() const {
+    return static_cast<uint32_t>((uint64_t{1} << hierarchies.size()) - 1);
+  }
 
   bool Has(int controller) const {
     return controller == kCore ? version == CgroupVersion::kV2
@@ -335,11 +361,12 @@ struct Layout {
 
 class Node {
  public:
-  // mkdir <hierarchy root>/rel in each hierarchy (for the root, rel is ""
-  // and the directory is the hierarchy's root_path). Opens nothing.
+  // mkdir <hierarchy root>/rel in each hierarchy of `mask` (bit h:
+  // layout.hierarchies[h]; for the root, rel is "" and the directory is the
+  // hierarchy's root_path). Opens nothing.
   static absl::StatusOr<std::unique_ptr<Node>> Create(const Layout& layout,
                                                       std::string rel,
-                                                      Role role);
+                                                      Role role, uint32_t mask);
 
   // Closes the peak fd (if held), then rmdirs the directory in every
   // hierarchy (the owner has emptied it first).
@@ -349,19 +376,22 @@ class Node {
   Node& operator=(const Node&) = delete;
 
   const Layout& layout() const { return *layout_; }
-  // True when this node has file `f` (the host has it and the node's role
-  // uses it).
+  // True when the node has a directory in hierarchy `h`.
+  bool In(int h) const { return h >= 0 && ((mask_ >> h) & 1) != 0; }
+  // True when this node has file `f` (the host has it, the node's role uses
+  // it and the node has a directory in the file's hierarchy).
   bool Has(File f) const {
-    return layout_->file_names[f] != nullptr &&
-           ((*layout_->files)[f].roles & role_) != 0;
+    const FileSpec& spec = (*layout_->files)[f];
+    return layout_->file_names[f] != nullptr && (spec.roles & role_) != 0 &&
+           In(layout_->HierarchyFor(spec.controller));
   }
   // Absolute path of file `f` of this node (REQUIRES: Has(f)).
   std::string PathOf(File f) const;
   const std::string& PathIn(int hierarchy) const { return paths_[hierarchy]; }
   const std::string& rel() const { return rel_; }
 
-  // Opens cgroup.procs O_WRONLY in every hierarchy, in hierarchy order.
-  absl::StatusOr<std::vector<UniqueFd>> OpenProcsFds() const;
+  // Opens cgroup.procs of hierarchy `h` O_WRONLY. REQUIRES: In(h).
+  absl::StatusOr<UniqueFd> OpenProcsFd(int h) const;
 
   // Opens `files` (those the node has) and keeps them until Unhold, so a
   // node in use (a held slot) reads its counters with one pread each and
@@ -376,8 +406,8 @@ class Node {
   void set_peak_resettable(bool v) { peak_resettable_ = v; }
 
  private:
-  Node(const Layout& layout, std::string rel, Role role)
-      : layout_(&layout), rel_(std::move(rel)), role_(role) {
+  Node(const Layout& layout, std::string rel, Role role, uint32_t mask)
+      : layout_(&layout), rel_(std::move(rel)), role_(role), mask_(mask) {
     paths_.reserve(layout.hierarchies.size());
     for (const Hierarchy& h : layout.hierarchies) {
       paths_.push_back(
@@ -389,21 +419,25 @@ class Node {
   std::string rel_;                 // e.g. "sb-7/e3"; "" for the root
   std::vector<std::string> paths_;  // absolute directory, per hierarchy
   Role role_;
-  size_t created_ = 0;                    // hierarchies where mkdir succeeded
+  uint32_t mask_;                         // hierarchies it has a directory in
+  uint32_t created_ = 0;                  // those where mkdir succeeded
   std::array<UniqueFd, kNumFiles> held_;  // only between Hold and Unhold
   bool peak_resettable_ = true;
 };
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Layout& layout,
-                                                   std::string rel, Role role) {
-  std::unique_ptr<Node> node(new Node(layout, std::move(rel), role));
+                                                   std::string rel, Role role,
+                                                   uint32_t mask) {
+  std::unique_ptr<Node> node(
+      new Node(layout, std::move(rel), role, mask & layout.AllMask()));
   node->peak_resettable_ = layout.peak_writable;
   // Directories: on failure the Node's destructor removes those made so far.
   for (size_t h = 0; h < layout.hierarchies.size(); ++h) {
+    if (!node->In(static_cast<int>(h))) continue;
     if (mkdir(node->paths_[h].c_str(), 0755) != 0) {
       return ErrnoStatus(absl::StrCat("mkdir ", node->paths_[h]));
     }
-    node->created_ = h + 1;
+    node->created_ |= 1u << h;
   }
   // v2: controllers for the children, before any child exists.
   if (layout.version == CgroupVersion::kV2 && role == kRoleGroup) {
@@ -418,7 +452,8 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Layout& layout,
 
 Node::~Node() {
   Unhold();
-  for (size_t h = 0; h < created_; ++h) {
+  for (size_t h = 0; h < paths_.size(); ++h) {
+    if (((created_ >> h) & 1) == 0) continue;
     if (absl::Status s = RemoveCgroupDir(AT_FDCWD, paths_[h]); !s.ok()) {
       DSEC_LOG_WARN("cgroup: removing {}: {}", paths_[h], s.ToString());
     }
@@ -448,16 +483,11 @@ absl::Status Node::Hold(std::initializer_list<File> files) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<UniqueFd>> Node::OpenProcsFds() const {
-  std::vector<UniqueFd> fds;
-  fds.reserve(paths_.size());
-  for (const std::string& dir : paths_) {
-    const std::string path = absl::StrCat(dir, "/cgroup.procs");
-    UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
-    if (!fd) return ErrnoStatus(absl::StrCat("open ", path));
-    fds.push_back(std::move(fd));
-  }
-  return fds;
+absl::StatusOr<UniqueFd> Node::OpenProcsFd(int h) const {
+  const std::string path = absl::StrCat(paths_[h], "/cgroup.procs");
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(absl::StrCat("open ", path));
+  return fd;
 }
 
 // ---- reading and writing a node's files
@@ -794,14 +824,14 @@ absl::StatusOr<std::shared_ptr<Tree>> Tree::Create(Layout layout) {
   if (l.version == CgroupVersion::kV2) {
     RETURN_IF_ERROR(EnableV2ControllersAt(l, l.hierarchies[0].parent_path));
   }
-  auto root = Node::Create(l, "", kRoleRoot);
+  auto root = Node::Create(l, "", kRoleRoot, l.AllMask());
   if (!root.ok() && StatusToErrno(root.status()) == EEXIST) {
     // Left by an earlier run with the same name that died: remove what is
     // empty of it and try once more.
     for (const Hierarchy& h : l.hierarchies) {
       (void)RemoveCgroupDir(AT_FDCWD, h.root_path);
     }
-    root = Node::Create(l, "", kRoleRoot);
+    root = Node::Create(l, "", kRoleRoot, l.AllMask());
   }
   if (!root.ok()) return root.status();
   tree->root_ = std::move(root).value();
@@ -839,9 +869,7 @@ class SlotImpl final : public ExecSlot {
   SlotImpl(SandboxCgroupImpl* group, std::unique_ptr<Node> node)
       : group_(group), node_(std::move(node)) {}
 
-  absl::StatusOr<std::vector<UniqueFd>> OpenProcsFds() const override {
-    return node_->OpenProcsFds();
-  }
+  absl::StatusOr<std::vector<UniqueFd>> OpenProcsFds() const override;
   absl::StatusOr<CgroupStats> Stats() const override;
   absl::StatusOr<int> CountProcesses() const override;
   absl::Status KillAll() override;
@@ -869,9 +897,7 @@ class SandboxCgroupImpl final : public SandboxCgroup {
   // Kills what is left; members then rmdir slots, init and the group.
   ~SandboxCgroupImpl() override;
 
-  absl::StatusOr<std::vector<UniqueFd>> OpenInitProcsFds() const override {
-    return init_ ? init_->OpenProcsFds() : sb_->OpenProcsFds();
-  }
+  absl::StatusOr<std::vector<UniqueFd>> OpenInitProcsFds() const override;
   absl::StatusOr<ExecSlot*> AcquireSlot() override;
   void ReleaseSlot(ExecSlot* slot) override;
   absl::StatusOr<CgroupStats> Stats() const override;
@@ -886,6 +912,10 @@ class SandboxCgroupImpl final : public SandboxCgroup {
   // leftover page cache, reset the peak and the baselines.
   absl::Status ResetForReuse();
 
+  // The procs fds a process of slot `slot` writes to, in hierarchy order:
+  // the slot's directory where it has one, else the group's.
+  absl::StatusOr<std::vector<UniqueFd>> OpenSlotProcsFds(const Node& slot) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   const Tree* tree() const { return tree_.get(); }
   const Layout& layout() const { return layout_; }
   bool frozen() const { return frozen_.load(std::memory_order_relaxed); }
@@ -898,21 +928,59 @@ class SandboxCgroupImpl final : public SandboxCgroup {
   // Nodes that can hold processes: v1 sb + slots; v2 init + slots.
   std::vector<const Node*> ProcessNodesLocked() const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Nodes whose local event counters add up to the group's: the process
+  // nodes plus a lazily made memory directory.
+  std::vector<const Node*> CounterNodesLocked() const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The group's node holding file `f`; nullptr while it is a lazy one not
+  // made yet (or the host lacks the controller).
+  const Node* NodeForLocked(File f) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    const int h = layout_.HierarchyFor((*layout_.files)[f].controller);
+    if (sb_->In(h)) return sb_.get();
+    return lazy_ != nullptr && lazy_->In(h) ? lazy_.get() : nullptr;
+  }
+  // v1: makes the group's lazy directories and writes its limits there.
+  absl::Status MaterializeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes the limits in `limits_` that live in `node`'s hierarchies.
+  absl::Status WriteLimitsLocked(const Node& node)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes the memory limit to `node` (REQUIRES: it has the memory files).
+  absl::Status WriteMemoryLimitLocked(const Node& node, int64_t memory_bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Rebaseline() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Declaration order is destruction order reversed: slots, init, sb, tree.
   std::shared_ptr<const Tree> tree_;
   const Layout& layout_;
   const std::string name_;
-  std::unique_ptr<Node> sb_;
+  std::unique_ptr<Node> sb_;    // v1: the freezer hierarchy only
   std::unique_ptr<Node> init_;  // v2 only
   mutable absl::Mutex mu_;
+  std::unique_ptr<Node> lazy_ ABSL_GUARDED_BY(mu_);  // v1: the others
   std::vector<std::unique_ptr<SlotImpl>> slots_ ABSL_GUARDED_BY(mu_);
   Baseline base_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> frozen_{false};
-  // Limits last written (v1 needs them to order the memsw writes).
-  int64_t mem_limit_ = kUnlimited;
+  // Limits wanted (written to lazy directories when they are made), and
+  // the memory limit last written (v1 orders the memsw writes by it).
+  CgroupLimits limits_ ABSL_GUARDED_BY(mu_);
+  int64_t mem_limit_ ABSL_GUARDED_BY(mu_) = kUnlimited;
 };
+
+// v1: settings a new group directory needs in the hierarchies it has.
+absl::Status PrepareV1Node(const Node& node) {
+  const Layout& l = node.layout();
+  if (node.In(l.HierarchyFor(kMemory))) {
+    // Best effort: fails where the kernel has no swap support at all.
+    WriteBestEffort(node, kMemory, "memory.swappiness", "0");
+  }
+  if (node.In(l.HierarchyFor(kCpu))) {
+    char buf[24];
+    RETURN_IF_ERROR(WriteFile(
+        absl::StrCat(node.PathIn(l.HierarchyFor(kCpu)), "/cpu.cfs_period_us"),
+        FormatInt(kCpuPeriodUs, buf)));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<SandboxCgroupImpl>> SandboxCgroupImpl::Create(
     std::shared_ptr<const Tree> tree, int id) {
@@ -920,27 +988,15 @@ absl::StatusOr<std::unique_ptr<SandboxCgroupImpl>> SandboxCgroupImpl::Create(
   std::unique_ptr<SandboxCgroupImpl> g(
       new SandboxCgroupImpl(std::move(tree), name));
   const Layout& l = g->layout_;
-  ASSIGN_OR_RETURN(g->sb_, Node::Create(l, name, kRoleGroup));
+  ASSIGN_OR_RETURN(
+      g->sb_, Node::Create(l, name, kRoleGroup, l.AllMask() & ~l.lazy_mask));
   const Node& sb = *g->sb_;
   if (l.version == CgroupVersion::kV1) {
-    if (l.Has(kMemory)) {
-      // Best effort: fails where the kernel has no swap support at all.
-      WriteBestEffort(sb, kMemory, "memory.swappiness", "0");
-    }
-    if (l.Has(kCpu)) {
-      char buf[24];
-      RETURN_IF_ERROR(WriteFile(
-          absl::StrCat(sb.PathIn(l.hierarchy_of[kCpu]), "/cpu.cfs_period_us"),
-          FormatInt(kCpuPeriodUs, buf)));
-    }
+    RETURN_IF_ERROR(PrepareV1Node(sb));
   } else {
     if (sb.Has(kSwapLimit)) RETURN_IF_ERROR(WriteNode(sb, kSwapLimit, "0"));
-    ASSIGN_OR_RETURN(g->init_,
-                     Node::Create(l, absl::StrCat(name, "/init"), kRoleInit));
-  }
-  {
-    absl::MutexLock lock(&g->mu_);
-    RETURN_IF_ERROR(g->NewSlotLocked().status());
+    ASSIGN_OR_RETURN(g->init_, Node::Create(l, absl::StrCat(name, "/init"),
+                                            kRoleInit, l.AllMask()));
   }
   RETURN_IF_ERROR(g->Rebaseline());
   return g;
@@ -958,9 +1014,9 @@ SandboxCgroupImpl::~SandboxCgroupImpl() {
 absl::StatusOr<SlotImpl*> SandboxCgroupImpl::NewSlotLocked() {
   const size_t k = slots_.size();
   std::string name = absl::StrCat("e", k);
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<Node> node,
-      Node::Create(layout_, absl::StrCat(name_, "/", name), kRoleSlot));
+  ASSIGN_OR_RETURN(std::unique_ptr<Node> node,
+                   Node::Create(layout_, absl::StrCat(name_, "/", name),
+                                kRoleSlot, layout_.slot_mask));
   slots_.push_back(std::make_unique<SlotImpl>(this, std::move(node)));
   return slots_.back().get();
 }
@@ -973,18 +1029,101 @@ std::vector<const Node*> SandboxCgroupImpl::ProcessNodesLocked() const {
   return nodes;
 }
 
+std::vector<const Node*> SandboxCgroupImpl::CounterNodesLocked() const {
+  std::vector<const Node*> nodes = ProcessNodesLocked();
+  if (lazy_ != nullptr) nodes.push_back(lazy_.get());
+  return nodes;
+}
+
+absl::StatusOr<std::vector<UniqueFd>> SandboxCgroupImpl::OpenInitProcsFds()
+    const {
+  if (init_ != nullptr) {
+    ASSIGN_OR_RETURN(UniqueFd fd, init_->OpenProcsFd(0));
+    std::vector<UniqueFd> fds;
+    fds.push_back(std::move(fd));
+    return fds;
+  }
+  // v1: the group's directory in each hierarchy; where the memory directory
+  // is lazy, the manager root's (init stays there; see the top).
+  std::vector<UniqueFd> fds;
+  for (int h = 0; h < static_cast<int>(layout_.hierarchies.size()); ++h) {
+    const Node& node = sb_->In(h) ? *sb_ : tree_->root();
+    ASSIGN_OR_RETURN(UniqueFd fd, node.OpenProcsFd(h));
+    fds.push_back(std::move(fd));
+  }
+  return fds;
+}
+
+absl::StatusOr<std::vector<UniqueFd>> SandboxCgroupImpl::OpenSlotProcsFds(
+    const Node& slot) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<UniqueFd> fds;
+  for (int h = 0; h < static_cast<int>(layout_.hierarchies.size()); ++h) {
+    const Node* node = &slot;
+    if (!slot.In(h)) node = sb_->In(h) ? sb_.get() : lazy_.get();
+    if (node == nullptr || !node->In(h)) {
+      return absl::InternalError(
+          absl::StrCat("no cgroup for a slot of ", sb_->PathIn(0), " in ",
+                       layout_.hierarchies[h].root_path));
+    }
+    ASSIGN_OR_RETURN(UniqueFd fd, node->OpenProcsFd(h));
+    fds.push_back(std::move(fd));
+  }
+  return fds;
+}
+
+absl::Status SandboxCgroupImpl::MaterializeLocked() {
+  if (layout_.lazy_mask == 0 || lazy_ != nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::unique_ptr<Node> node,
+                   Node::Create(layout_, name_, kRoleGroup, layout_.lazy_mask));
+  RETURN_IF_ERROR(PrepareV1Node(*node));
+  mem_limit_ = kUnlimited;
+  RETURN_IF_ERROR(WriteLimitsLocked(*node));
+  // New directories: their peak and counters start at zero, which is what
+  // the baselines taken without them assumed.
+  lazy_ = std::move(node);
+  return absl::OkStatus();
+}
+
 absl::Status SandboxCgroupImpl::Rebaseline() {
   absl::MutexLock lock(&mu_);
   Baseline b;
-  ASSIGN_OR_RETURN(b.cpu_ns, ReadCpuNs(layout_, *sb_));
-  for (const Node* n : ProcessNodesLocked()) {
+  if (const Node* cpu = NodeForLocked(kCpuUsage); cpu != nullptr) {
+    ASSIGN_OR_RETURN(b.cpu_ns, ReadCpuNs(layout_, *cpu));
+  }
+  for (const Node* n : CounterNodesLocked()) {
     ASSIGN_OR_RETURN(int64_t oom, ReadOomKills(*n));
     ASSIGN_OR_RETURN(int64_t forks, ReadPidsMaxEvents(*n));
     b.oom_kills += oom;
     b.pids_max_events += forks;
   }
   base_ = b;
-  ResetPeak(layout_, *sb_);
+  if (const Node* mem = NodeForLocked(kCurrent); mem != nullptr) {
+    ResetPeak(layout_, const_cast<Node&>(*mem));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SandboxCgroupImpl::WriteMemoryLimitLocked(const Node& node,
+                                                       int64_t memory_bytes) {
+  const bool v1 = layout_.version == CgroupVersion::kV1;
+  char buf[24];
+  const int64_t mem = memory_bytes > 0 ? memory_bytes : kUnlimited;
+  absl::string_view text =
+      memory_bytes > 0 ? FormatInt(mem, buf) : (v1 ? "-1" : "max");
+  if (v1 && node.Has(kSwapLimit)) {
+    // memory.limit <= memsw.limit must hold after each write.
+    if (mem > mem_limit_) {
+      RETURN_IF_ERROR(WriteNode(node, kSwapLimit, text));
+      RETURN_IF_ERROR(WriteNode(node, kMemLimit, text));
+    } else {
+      RETURN_IF_ERROR(WriteNode(node, kMemLimit, text));
+      RETURN_IF_ERROR(WriteNode(node, kSwapLimit, text));
+    }
+  } else {
+    RETURN_IF_ERROR(WriteNode(node, kMemLimit, text));
+  }
+  mem_limit_ = mem;
   return absl::OkStatus();
 }
 
@@ -992,40 +1131,37 @@ absl::Status SandboxCgroupImpl::ApplyLimits(const CgroupLimits& limits) {
   if (limits.memory_bytes < 0 || limits.pids < 0 || limits.cpu_millicores < 0) {
     return absl::InvalidArgumentError("cgroup limits must not be negative");
   }
-  const Node& sb = *sb_;
+  if (!layout_.Has(kMemory) && limits.memory_bytes > 0) {
+    return absl::FailedPreconditionError("no memory controller");
+  }
+  if (!layout_.Has(kPids) && limits.pids > 0) {
+    return absl::FailedPreconditionError("no pids controller");
+  }
+  if (!layout_.Has(kCpu) && limits.cpu_millicores > 0) {
+    return absl::FailedPreconditionError("no cpu controller");
+  }
+  absl::MutexLock lock(&mu_);
+  limits_ = limits;
+  RETURN_IF_ERROR(WriteLimitsLocked(*sb_));
+  if (lazy_ != nullptr) RETURN_IF_ERROR(WriteLimitsLocked(*lazy_));
+  return absl::OkStatus();
+}
+
+absl::Status SandboxCgroupImpl::WriteLimitsLocked(const Node& node) {
+  const CgroupLimits& limits = limits_;
   const bool v1 = layout_.version == CgroupVersion::kV1;
   char buf[24];
   // Memory (swap always off: v1 memsw = memory; v2 swap.max = 0 at creation).
-  if (layout_.Has(kMemory)) {
-    const int64_t mem =
-        limits.memory_bytes > 0 ? limits.memory_bytes : kUnlimited;
-    absl::string_view text =
-        limits.memory_bytes > 0 ? FormatInt(mem, buf) : (v1 ? "-1" : "max");
-    if (v1 && sb.Has(kSwapLimit)) {
-      // memory.limit <= memsw.limit must hold after each write.
-      if (mem > mem_limit_) {
-        RETURN_IF_ERROR(WriteNode(sb, kSwapLimit, text));
-        RETURN_IF_ERROR(WriteNode(sb, kMemLimit, text));
-      } else {
-        RETURN_IF_ERROR(WriteNode(sb, kMemLimit, text));
-        RETURN_IF_ERROR(WriteNode(sb, kSwapLimit, text));
-      }
-    } else {
-      RETURN_IF_ERROR(WriteNode(sb, kMemLimit, text));
-    }
-    mem_limit_ = mem;
-  } else if (limits.memory_bytes > 0) {
-    return absl::FailedPreconditionError("no memory controller");
+  if (node.Has(kMemLimit)) {
+    RETURN_IF_ERROR(WriteMemoryLimitLocked(node, limits.memory_bytes));
   }
-  // Pids.
-  if (layout_.Has(kPids)) {
-    RETURN_IF_ERROR(WriteNode(
-        sb, kPidsMax, limits.pids > 0 ? FormatInt(limits.pids, buf) : "max"));
-  } else if (limits.pids > 0) {
-    return absl::FailedPreconditionError("no pids controller");
+  if (node.Has(kPidsMax)) {
+    RETURN_IF_ERROR(WriteNode(node, kPidsMax,
+                              limits.pids > 0 ? FormatInt(limits.pids, buf)
+                                              : absl::string_view("max")));
   }
   // CPU: quota per 100 ms period.
-  if (layout_.Has(kCpu)) {
+  if (node.Has(kCpuMax)) {
     int64_t quota = -1;
     if (limits.cpu_millicores > 0) {
       quota = limits.cpu_millicores > std::numeric_limits<int64_t>::max() /
@@ -1035,20 +1171,20 @@ absl::Status SandboxCgroupImpl::ApplyLimits(const CgroupLimits& limits) {
       quota = std::max(quota, kMinCpuQuotaUs);
     }
     if (v1) {
-      RETURN_IF_ERROR(WriteNode(sb, kCpuMax, FormatInt(quota, buf)));
+      RETURN_IF_ERROR(WriteNode(node, kCpuMax, FormatInt(quota, buf)));
     } else {
       std::string text = quota < 0 ? absl::StrCat("max ", kCpuPeriodUs)
                                    : absl::StrCat(quota, " ", kCpuPeriodUs);
-      RETURN_IF_ERROR(WriteNode(sb, kCpuMax, text));
+      RETURN_IF_ERROR(WriteNode(node, kCpuMax, text));
     }
-  } else if (limits.cpu_millicores > 0) {
-    return absl::FailedPreconditionError("no cpu controller");
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<ExecSlot*> SandboxCgroupImpl::AcquireSlot() {
   absl::MutexLock lock(&mu_);
+  // Before any exec starts: the limits are in place for it.
+  RETURN_IF_ERROR(MaterializeLocked());
   SlotImpl* chosen = nullptr;
   // The lowest-index slot that is free, or draining and now empty (its
   // daemons have gone), so e0 is reused first and directories stay few.
@@ -1089,11 +1225,20 @@ void SandboxCgroupImpl::ReleaseSlot(ExecSlot* slot) {
 
 absl::StatusOr<CgroupStats> SandboxCgroupImpl::Stats() const {
   CgroupStats st;
-  const Node& sb = *sb_;
-  ASSIGN_OR_RETURN(st.memory_peak_bytes, ReadValue(sb, kPeak));
-  ASSIGN_OR_RETURN(st.memory_current_bytes, ReadValue(sb, kCurrent));
-  ASSIGN_OR_RETURN(st.pids_current, ReadValue(sb, kPidsCurrent));
-  ASSIGN_OR_RETURN(int64_t cpu, ReadCpuNs(layout_, sb));
+  int64_t cpu = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (const Node* mem = NodeForLocked(kCurrent); mem != nullptr) {
+      ASSIGN_OR_RETURN(st.memory_peak_bytes, ReadValue(*mem, kPeak));
+      ASSIGN_OR_RETURN(st.memory_current_bytes, ReadValue(*mem, kCurrent));
+    }
+    if (const Node* pids = NodeForLocked(kPidsCurrent); pids != nullptr) {
+      ASSIGN_OR_RETURN(st.pids_current, ReadValue(*pids, kPidsCurrent));
+    }
+    if (const Node* acct = NodeForLocked(kCpuUsage); acct != nullptr) {
+      ASSIGN_OR_RETURN(cpu, ReadCpuNs(layout_, *acct));
+    }
+  }
   ASSIGN_OR_RETURN(CgroupStats events, EventStats());
   st.oom_kills = events.oom_kills;
   st.pids_max_events = events.pids_max_events;
@@ -1106,7 +1251,7 @@ absl::StatusOr<CgroupStats> SandboxCgroupImpl::EventStats() const {
   CgroupStats st;
   absl::MutexLock lock(&mu_);
   int64_t oom = 0, forks = 0;
-  for (const Node* n : ProcessNodesLocked()) {
+  for (const Node* n : CounterNodesLocked()) {
     ASSIGN_OR_RETURN(int64_t o, ReadOomKills(*n));
     ASSIGN_OR_RETURN(int64_t f, ReadPidsMaxEvents(*n));
     oom += o;
@@ -1154,19 +1299,19 @@ absl::Status SandboxCgroupImpl::ResetForReuse() {
     absl::MutexLock lock(&mu_);
     // Slots beyond e0 are removed (their Nodes rmdir on destruction).
     while (slots_.size() > 1) slots_.pop_back();
-    if (slots_.empty()) RETURN_IF_ERROR(NewSlotLocked().status());
-    slots_[0]->state = SlotImpl::State::kFree;
-  }
-  // Page cache the sandbox left stays charged to the group; give it back so
-  // the next sandbox starts from zero.
-  if (layout_.Has(kMemory)) {
-    absl::StatusOr<int64_t> usage = ReadValue(*sb_, kCurrent);
-    if (usage.ok() && *usage > kReclaimThreshold) {
-      const bool v1 = layout_.version == CgroupVersion::kV1;
-      char buf[24];
-      WriteBestEffort(*sb_, kMemory,
-                      v1 ? "memory.force_empty" : "memory.reclaim",
-                      v1 ? absl::string_view("0") : FormatInt(*usage, buf));
+    if (!slots_.empty()) slots_[0]->state = SlotImpl::State::kFree;
+    // Page cache the sandbox left stays charged to the group; give it back
+    // so the next sandbox starts from zero.
+    const Node* mem = NodeForLocked(kCurrent);
+    if (layout_.Has(kMemory) && mem != nullptr) {
+      absl::StatusOr<int64_t> usage = ReadValue(*mem, kCurrent);
+      if (usage.ok() && *usage > kReclaimThreshold) {
+        const bool v1 = layout_.version == CgroupVersion::kV1;
+        char buf[24];
+        WriteBestEffort(*mem, kMemory,
+                        v1 ? "memory.force_empty" : "memory.reclaim",
+                        v1 ? absl::string_view("0") : FormatInt(*usage, buf));
+      }
     }
   }
   return Rebaseline();
@@ -1179,6 +1324,10 @@ std::string SandboxCgroupImpl::PathFor(const std::string& controller) const {
     return h < 0 ? std::string() : sb_->PathIn(h);
   }
   return layout_.version == CgroupVersion::kV2 ? sb_->PathIn(0) : std::string();
+}
+
+absl::StatusOr<std::vector<UniqueFd>> SlotImpl::OpenProcsFds() const {
+  return group_->OpenSlotProcsFds(*node_);
 }
 
 absl::Status SlotImpl::Reset() {
@@ -1461,6 +1610,20 @@ absl::StatusOr<Layout> DetectLayout(const CgroupManagerOptions& options,
   for (Hierarchy& h : layout.hierarchies) {
     h.root_path = absl::StrCat(h.parent_path == "/" ? "" : h.parent_path, "/",
                                layout.root_name);
+  }
+  if (layout.version == CgroupVersion::kV2) {
+    layout.slot_mask = layout.AllMask();
+  } else {
+    constexpr uint32_t kSlotControllers =
+        (1u << kFreezer) | (1u << kPids) | (1u << kCpuacct);
+    for (size_t h = 0; h < layout.hierarchies.size(); ++h) {
+      if ((layout.hierarchies[h].controllers & kSlotControllers) != 0) {
+        layout.slot_mask |= 1u << h;
+      }
+    }
+    // Hierarchy 0 is the freezer's: the group's directory there is made
+    // with the group (init joins it; Park, KillAll and counting use it).
+    layout.lazy_mask = layout.AllMask() & ~1u;
   }
   return layout;
 }

@@ -1,8 +1,8 @@
 // Cgroups for sandboxes: one group per sandbox with per-exec child "slots",
 // over cgroup v2 when the host has controllers there, v1 otherwise.
 //
-// Layout (v1: the same tree in each of the memory, pids, cpu, cpuacct and
-// freezer hierarchies; v2: one tree with those controllers enabled):
+// Layout (v1: a tree in each of the memory, pids, cpu, cpuacct and freezer
+// hierarchies; v2: one tree with those controllers enabled):
 //
 //   <parent>/dsec-<tag>/            CgroupManager root (parent: this process's
 //                                   own cgroup in each hierarchy by default)
@@ -11,9 +11,25 @@
 //       e<k>/                       exec slot k: one exec's process tree
 //
 // Limits are set on sb-<n>; slots only group processes so an exec's whole
-// tree (daemons and double-forked children included) can be found, measured
-// and killed. Groups are pooled: Release() empties a group and keeps it for
-// the next Acquire(), so the launch path does no mkdir/rmdir.
+// tree (daemons and double-forked children included) can be found, counted,
+// timed and killed. Slots are made by the first AcquireSlot. Groups are
+// pooled: Release() empties a group and keeps it for the next Acquire(), so
+// the launch path does no mkdir/rmdir.
+//
+// cgroup v1 keeps memory cgroups few, because each costs the kernel ~1 KiB
+// per 64 superblocks on the host (memcg shrinker maps), which makes many
+// sandboxes with a memory cgroup each cost O(N^2):
+//  - slots exist only in the freezer, pids and cpuacct hierarchies; an
+//    exec's processes are in sb-<n> in the memory and cpu hierarchies, so
+//    a slot's memory counters (peak, current, oom kills) read 0 on v1 and
+//    the group's hold them;
+//  - sb-<n> is made in the freezer's hierarchy by Acquire and in the others
+//    (memory, pids, cpu, cpuacct) by the first AcquireSlot, with the limits.
+//    PID 1 (trusted, static, allocation free) is in sb-<n> for the freezer
+//    (Park, KillAll) and stays in the manager root elsewhere; every exec
+//    joins sb-<n> there through ExecSlot::OpenProcsFds, so all code a caller
+//    runs is under the limits. An idle sandbox that never ran an exec thus
+//    has one cgroup directory and no memory cgroup.
 //
 // Joining is done by the process itself: a child writes "0" to each fd of
 // OpenProcsFds() (opened O_WRONLY by the host for that one join, passed
@@ -67,10 +83,12 @@ class ExecSlot {
  public:
   virtual ~ExecSlot() = default;
   // Opens the fds a process writes "0" to in order to join this slot (one
-  // per v1 hierarchy, in hierarchy order; one on v2). The caller owns them
-  // and closes them once the process has joined (or the fds were passed on).
+  // per v1 hierarchy, in hierarchy order: the slot's directory, or the
+  // group's where slots have none; one on v2). The caller owns them and
+  // closes them once the process has joined (or the fds were passed on).
   virtual absl::StatusOr<std::vector<UniqueFd>> OpenProcsFds() const = 0;
-  // Memory peak, CPU usage etc. of the slot since it was acquired.
+  // Memory peak, CPU usage etc. of the slot since it was acquired. On v1
+  // the memory figures and oom_kills read 0 (see the top).
   virtual absl::StatusOr<CgroupStats> Stats() const = 0;
   // Number of live processes in the slot.
   virtual absl::StatusOr<int> CountProcesses() const = 0;
@@ -88,10 +106,11 @@ class SandboxCgroup {
   // init/); owned by the caller, as ExecSlot::OpenProcsFds.
   virtual absl::StatusOr<std::vector<UniqueFd>> OpenInitProcsFds() const = 0;
 
-  // A slot with no processes in it, its counters reset. A slot is returned
-  // to the free list by ReleaseSlot once the exec is over; a slot still
-  // holding processes (a daemon started with `&`) is kept busy until it
-  // empties and is reclaimed by a later AcquireSlot.
+  // A slot with no processes in it, its counters reset (made on first use;
+  // on v1 the first call also makes the group's memory cgroup, see the
+  // top). A slot is returned to the free list by ReleaseSlot once the exec
+  // is over; a slot still holding processes (a daemon started with `&`) is
+  // kept busy until it empties and is reclaimed by a later AcquireSlot.
   virtual absl::StatusOr<ExecSlot*> AcquireSlot() = 0;
   virtual void ReleaseSlot(ExecSlot* slot) = 0;
 
@@ -113,7 +132,8 @@ class SandboxCgroup {
   virtual absl::Status KillAll() = 0;
 
   // Filesystem path of the group in the given controller's hierarchy (for
-  // tests and debugging), e.g. "memory" -> /sys/fs/cgroup/memory/.../sb-3.
+  // tests and debugging), e.g. "memory" -> /sys/fs/cgroup/memory/.../sb-3
+  // (on v1 made by the first AcquireSlot).
   virtual std::string PathFor(const std::string& controller) const = 0;
 };
 

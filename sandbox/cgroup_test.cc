@@ -20,7 +20,10 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/testing/status_matchers.h"
@@ -377,20 +380,45 @@ int CountFds() {
   return n - 1;  // the DIR's own fd
 }
 
+// True when the group's directory for `controller` is made by the first
+// AcquireSlot: v1, outside the freezer's hierarchy.
+bool IsLazy(const CgroupManager& manager, const SandboxCgroup& group,
+            const char* controller) {
+  return manager.version() == CgroupVersion::kV1 &&
+         group.PathFor(controller) != group.PathFor("freezer");
+}
+
 TEST_F(CgroupTest, CreatesTreeInEveryHierarchy) {
   DSEC_REQUIRE_HOST_FEATURE(CgroupsAvailable(), "cgroups (root)");
   ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({}));
   if (manager->version() == CgroupVersion::kV1) {
     for (const char* c : {"memory", "pids", "cpu", "cpuacct", "freezer"}) {
-      std::string path = group->PathFor(c);
-      EXPECT_TRUE(Exists(path + "/e0")) << path;
+      EXPECT_EQ(Exists(group->PathFor(c)), !IsLazy(*manager, *group, c)) << c;
     }
     // One per hierarchy: 5 here, 4 where cpu,cpuacct are co-mounted.
     EXPECT_GE(group->OpenInitProcsFds()->size(), 4u);
+    // Slots: none until the first exec, then only where an exec's tree is
+    // found, counted and timed (freezer, pids, cpuacct).
+    EXPECT_FALSE(Exists(group->PathFor("freezer") + "/e0"));
+    ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
+    for (const char* c : {"memory", "pids", "cpu", "cpuacct", "freezer"}) {
+      EXPECT_TRUE(Exists(group->PathFor(c))) << c;
+    }
+    for (const char* c : {"pids", "cpuacct", "freezer"}) {
+      EXPECT_TRUE(Exists(group->PathFor(c) + "/e0")) << c;
+    }
+    if (IsLazy(*manager, *group, "memory")) {
+      EXPECT_FALSE(Exists(group->PathFor("memory") + "/e0"));
+    }
+    EXPECT_EQ(slot->OpenProcsFds()->size(), group->OpenInitProcsFds()->size());
   } else {
     EXPECT_TRUE(Exists(group->PathFor("memory") + "/init"));
+    EXPECT_FALSE(Exists(group->PathFor("memory") + "/e0"));
     EXPECT_EQ(group->OpenInitProcsFds()->size(), 1u);
+    ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
+    EXPECT_TRUE(Exists(group->PathFor("memory") + "/e0"));
+    EXPECT_EQ(slot->OpenProcsFds()->size(), 1u);
   }
   EXPECT_EQ(group->PathFor("no-such-controller").empty(),
             manager->version() == CgroupVersion::kV1);
@@ -408,10 +436,14 @@ TEST_F(CgroupTest, MemoryLimitOomKillsAndCounts) {
   ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << status;
   EXPECT_EQ(WTERMSIG(status), SIGKILL);
   ASSERT_OK_AND_ASSIGN(CgroupStats slot_stats, slot->Stats());
-  EXPECT_GE(slot_stats.oom_kills, 1);
+  // v1 slots have no memory cgroup of their own: the group counts.
+  if (manager->version() == CgroupVersion::kV2) {
+    EXPECT_GE(slot_stats.oom_kills, 1);
+  }
   EXPECT_LE(slot_stats.memory_peak_bytes, 33 * kMiB);
   ASSERT_OK_AND_ASSIGN(CgroupStats stats, group->Stats());
   EXPECT_GE(stats.oom_kills, 1);
+  EXPECT_LE(stats.memory_peak_bytes, 33 * kMiB);
   group->ReleaseSlot(slot);
   // Counters start again from zero for the next user of the group.
   manager->Release(std::move(group));
@@ -451,6 +483,79 @@ TEST_F(CgroupTest, PidsLimitRefusesForkWithEagain) {
   EXPECT_OK(slot->KillAll());
   ASSERT_OK_AND_ASSIGN(int left, slot->CountProcesses());
   EXPECT_EQ(left, 0);
+}
+
+// The cgroup of `pid` in the v1 hierarchy of `controller`, as a path below
+// the hierarchy's mount ("" if not found).
+std::string CgroupOf(pid_t pid, const std::string& controller) {
+  std::string text = Slurp(absl::StrCat("/proc/", pid, "/cgroup"));
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    std::vector<std::string> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (f.size() != 3) continue;
+    for (absl::string_view c : absl::StrSplit(f[1], ',')) {
+      if (c == controller) return f[2];
+    }
+  }
+  return "";
+}
+
+TEST_F(CgroupTest, V1GroupIsMadeForTheFirstExecAndInitStaysOut) {
+  DSEC_REQUIRE_HOST_FEATURE(CgroupsAvailable(), "cgroups (root)");
+  ASSERT_OK_AND_ASSIGN(auto manager, CgroupManager::Create(Options()));
+  ASSERT_OK_AND_ASSIGN(
+      auto group, manager->Acquire({.memory_bytes = 32 * kMiB, .pids = 64}));
+  if (!IsLazy(*manager, *group, "memory")) {
+    GTEST_SKIP() << "memory is not a v1 hierarchy apart from the freezer";
+  }
+  const std::string mem_path = group->PathFor("memory");
+  EXPECT_FALSE(Exists(mem_path));
+  pid_t init = SpawnJoined(group->OpenInitProcsFds(), [] {
+    pause();
+    return 0;
+  });
+  // Init is in the group's freezer cgroup, and in the manager root in the
+  // lazy hierarchies.
+  EXPECT_TRUE(
+      absl::EndsWith(group->PathFor("freezer"), CgroupOf(init, "freezer")));
+  EXPECT_TRUE(absl::EndsWith(Parent(mem_path), CgroupOf(init, "memory")))
+      << CgroupOf(init, "memory");
+
+  ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
+  ASSERT_TRUE(Exists(mem_path));
+  EXPECT_EQ(Slurp(mem_path + "/memory.limit_in_bytes"),
+            absl::StrCat(32 * kMiB, "\n"));
+  if (IsLazy(*manager, *group, "pids")) {
+    EXPECT_EQ(Slurp(group->PathFor("pids") + "/pids.max"), "64\n");
+  }
+  pid_t exec = SpawnJoined(slot->OpenProcsFds(), [] {
+    pause();
+    return 0;
+  });
+  // The exec: in the slot where slots are, in the group's memory cgroup.
+  EXPECT_TRUE(absl::EndsWith(mem_path, CgroupOf(exec, "memory")))
+      << CgroupOf(exec, "memory");
+  EXPECT_TRUE(absl::EndsWith(group->PathFor("freezer") + "/e0",
+                             CgroupOf(exec, "freezer")))
+      << CgroupOf(exec, "freezer");
+  EXPECT_EQ(*slot->CountProcesses(), 1);
+  ASSERT_OK_AND_ASSIGN(CgroupStats stats, group->Stats());
+  // The exec (and init where pids shares the freezer's hierarchy).
+  EXPECT_EQ(stats.pids_current, IsLazy(*manager, *group, "pids") ? 1 : 2);
+  EXPECT_GT(stats.memory_current_bytes, 0);
+
+  ASSERT_OK(group->KillAll());
+  EXPECT_TRUE(WIFSIGNALED(WaitStatus(exec)));
+  EXPECT_TRUE(WIFSIGNALED(WaitStatus(init)));
+  group->ReleaseSlot(slot);
+  // Pooled with its memory cgroup, which the next user finds in place.
+  manager->Release(std::move(group));
+  ASSERT_OK_AND_ASSIGN(group, manager->Acquire({.memory_bytes = 48 * kMiB}));
+  EXPECT_EQ(group->PathFor("memory"), mem_path);
+  EXPECT_EQ(Slurp(mem_path + "/memory.limit_in_bytes"),
+            absl::StrCat(48 * kMiB, "\n"));
+  group.reset();
+  manager.reset();
+  EXPECT_FALSE(Exists(mem_path));
 }
 
 TEST_F(CgroupTest, SlotKillAllKillsDoubleForkedDaemon) {
@@ -591,19 +696,22 @@ TEST_F(CgroupTest, SlotPeakReflectsTouchedMemoryAndResets) {
   int status = WaitStatus(pid);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   ASSERT_OK_AND_ASSIGN(CgroupStats stats, slot->Stats());
-  EXPECT_GE(stats.memory_peak_bytes, 60 * kMiB);
-  EXPECT_LT(stats.memory_peak_bytes, 256 * kMiB);
+  if (manager->version() == CgroupVersion::kV1) {
+    EXPECT_EQ(stats.memory_peak_bytes, 0);  // no memory cgroup per slot
+  } else {
+    EXPECT_GE(stats.memory_peak_bytes, 60 * kMiB);
+    EXPECT_LT(stats.memory_peak_bytes, 256 * kMiB);
+  }
   ASSERT_OK_AND_ASSIGN(CgroupStats group_stats, group->Stats());
   EXPECT_GE(group_stats.memory_peak_bytes, 60 * kMiB);
+  EXPECT_LT(group_stats.memory_peak_bytes, 256 * kMiB);
   group->ReleaseSlot(slot);
 
-  // The same slot again: its peak starts over.
+  // The same slot again: its peak starts over (v2; v1 has none).
   ASSERT_OK_AND_ASSIGN(ExecSlot * again, group->AcquireSlot());
   EXPECT_EQ(again, slot);
   ASSERT_OK_AND_ASSIGN(stats, again->Stats());
-  if (manager->version() == CgroupVersion::kV1) {
-    EXPECT_LT(stats.memory_peak_bytes, 16 * kMiB);
-  }
+  EXPECT_LT(stats.memory_peak_bytes, 16 * kMiB);
 }
 
 TEST_F(CgroupTest, AcquireSlotSkipsSlotWithDaemonUntilItEmpties) {
@@ -621,7 +729,7 @@ TEST_F(CgroupTest, AcquireSlotSkipsSlotWithDaemonUntilItEmpties) {
   ASSERT_OK_AND_ASSIGN(ExecSlot * third, group->AcquireSlot());
   EXPECT_EQ(third, second);  // the free empty slot, no new directory
   group->ReleaseSlot(third);
-  EXPECT_EQ(CountSubdirs(group->PathFor("memory")),
+  EXPECT_EQ(CountSubdirs(group->PathFor("freezer")),
             manager->version() == CgroupVersion::kV1 ? 2 : 3);
 
   ASSERT_OK(first->KillAll());
@@ -636,7 +744,7 @@ TEST_F(CgroupTest, ReleaseThenAcquireReusesPooledGroup) {
   ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire({.memory_bytes = 64 * kMiB,
                                                      .pids = 10,
                                                      .cpu_millicores = 500}));
-  const std::string path = group->PathFor("memory");
+  const std::string path = group->PathFor("freezer");
   const std::string root = Parent(path);
   ASSERT_OK_AND_ASSIGN(ExecSlot * s0, group->AcquireSlot());
   ASSERT_OK_AND_ASSIGN(ExecSlot * s1, group->AcquireSlot());
@@ -652,7 +760,8 @@ TEST_F(CgroupTest, ReleaseThenAcquireReusesPooledGroup) {
 
   ASSERT_OK_AND_ASSIGN(group, manager->Acquire({.memory_bytes = 128 * kMiB}));
   EXPECT_EQ(manager->PooledForTesting(), 0);
-  EXPECT_EQ(group->PathFor("memory"), path);
+  EXPECT_EQ(group->PathFor("freezer"), path);
+  EXPECT_TRUE(Exists(group->PathFor("memory")));  // kept from the first use
   EXPECT_EQ(CountSubdirs(root), dirs);
   EXPECT_EQ(CountSubdirs(path), group_dirs);
   ASSERT_OK_AND_ASSIGN(ExecSlot * again, group->AcquireSlot());
@@ -810,11 +919,20 @@ TEST_F(CgroupTest, AcquireReleaseTiming) {
   constexpr int kRounds = 200;
   const CgroupLimits limits{
       .memory_bytes = 256 * kMiB, .pids = 64, .cpu_millicores = 1000};
-  absl::Duration create, acquire, slot_acquire, slot_release, stats, release;
+  absl::Duration create, first_slot, acquire, slot_acquire, slot_release, stats,
+      release;
   {
     absl::Time t0 = absl::Now();
     ASSERT_OK(manager->Prewarm(1));
     create = absl::Now() - t0;
+    // The first exec of a new group makes its slot (and on v1 its lazy
+    // directories, memory cgroup included) once.
+    ASSERT_OK_AND_ASSIGN(auto group, manager->Acquire(limits));
+    t0 = absl::Now();
+    ASSERT_OK_AND_ASSIGN(ExecSlot * slot, group->AcquireSlot());
+    first_slot = absl::Now() - t0;
+    group->ReleaseSlot(slot);
+    manager->Release(std::move(group));
   }
   for (int i = 0; i < kRounds; ++i) {
     absl::Time t0 = absl::Now();
@@ -841,11 +959,13 @@ TEST_F(CgroupTest, AcquireReleaseTiming) {
     return absl::ToDoubleMicroseconds(d) / kRounds;
   };
   std::printf(
-      "[   INFO   ] cgroup %s: new group (mkdir) %.0f us; pooled Acquire+"
-      "limits %.1f us; AcquireSlot %.1f us; slot Stats %.1f us; "
-      "ReleaseSlot %.1f us; Release %.1f us (avg of %d)\n",
+      "[   INFO   ] cgroup %s: new group (mkdir) %.0f us; its first "
+      "AcquireSlot %.0f us; pooled Acquire+limits %.1f us; AcquireSlot %.1f "
+      "us; slot Stats %.1f us; ReleaseSlot %.1f us; Release %.1f us (avg of "
+      "%d)\n",
       manager->version() == CgroupVersion::kV1 ? "v1" : "v2",
-      absl::ToDoubleMicroseconds(create), us(acquire), us(slot_acquire),
+      absl::ToDoubleMicroseconds(create),
+      absl::ToDoubleMicroseconds(first_slot), us(acquire), us(slot_acquire),
       us(stats), us(slot_release), us(release), kRounds);
 }
 
@@ -866,7 +986,7 @@ TEST_F(CgroupTest, V2CoreOnControllerlessHierarchy) {
   const std::string path = group->PathFor("memory");
   const std::string root = Parent(path);
   EXPECT_TRUE(Exists(path + "/init"));
-  EXPECT_TRUE(Exists(path + "/e0"));
+  EXPECT_FALSE(Exists(path + "/e0"));  // made by the first AcquireSlot
   ASSERT_EQ(group->OpenInitProcsFds()->size(), 1u);
 
   // Freeze and thaw through cgroup.freeze.

@@ -181,6 +181,7 @@ struct LaunchPlan {
   std::string mnt_dir;
   std::string tmpfs_opts;
   std::string upper, work, root;
+  std::string shm;  // /dev/shm's directory on the writable-layer tmpfs
   std::string overlay_opts;
   std::vector<PlannedBind> binds;
   std::string proc, dev, dev_pts, dev_shm, dev_mqueue, dev_template;
@@ -235,7 +236,8 @@ int SendReady(int control_fd) {
             p.tmpfs_opts.c_str()) != 0)
     ChildFail(p, Step::kMountTmpfs);
   if (mkdir(p.upper.c_str(), 0755) != 0 || mkdir(p.work.c_str(), 0755) != 0 ||
-      mkdir(p.root.c_str(), 0755) != 0)
+      mkdir(p.root.c_str(), 0755) != 0 || mkdir(p.shm.c_str(), 0) != 0 ||
+      chmod(p.shm.c_str(), 01777) != 0)
     ChildFail(p, Step::kMkdirLayer);
   if (chown(p.upper.c_str(), p.owner, p.owner) != 0)
     ChildFail(p, Step::kMkdirLayer);  // the merged "/" takes the upper's owner
@@ -265,8 +267,13 @@ int SendReady(int control_fd) {
   if (mount("devpts", p.dev_pts.c_str(), "devpts", MS_NOSUID | MS_NOEXEC,
             "newinstance,ptmxmode=0666,mode=0620") != 0)
     ChildFail(p, Step::kMountDev);
-  if (mount("shm", p.dev_shm.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
-            "mode=1777,size=65536k") != 0)
+  // /dev/shm: a directory of the writable-layer tmpfs, not a tmpfs of its
+  // own. Every superblock costs each memory cgroup on the host a shrinker
+  // slot (see cgroup.h); this keeps a sandbox at five. Its files count
+  // against disk_bytes.
+  if (mount(p.shm.c_str(), p.dev_shm.c_str(), nullptr, MS_BIND, nullptr) != 0 ||
+      mount(nullptr, p.dev_shm.c_str(), nullptr,
+            MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, nullptr) != 0)
     ChildFail(p, Step::kMountDev);
   if (mount("mqueue", p.dev_mqueue.c_str(), "mqueue",
             MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
@@ -606,6 +613,7 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Runtime::CreateSandbox(
   plan.upper = plan.mnt_dir + "/upper";
   plan.work = plan.mnt_dir + "/work";
   plan.root = plan.mnt_dir + "/root";
+  plan.shm = plan.mnt_dir + "/shm";
   std::vector<std::string> lowers = spec.layers;
   if (spec.host_binds) lowers.push_back(shared_->image_dir);
   plan.overlay_opts =

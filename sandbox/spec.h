@@ -33,7 +33,8 @@ struct SandboxSpec {
 
   CgroupLimits limits{
       .memory_bytes = 1LL << 30, .pids = 256, .cpu_millicores = 0};
-  // Size cap of the writable layer (tmpfs upper, which also holds /tmp).
+  // Size cap of the writable layer (tmpfs upper, which also holds /tmp and
+  // /dev/shm).
   int64_t disk_bytes = 512LL << 20;
   int64_t disk_inodes = 65536;
 
@@ -98,6 +99,12 @@ struct ExecResult {
   int64_t stderr_total_bytes = 0;
   absl::Duration wall_time;
   absl::Duration cpu_time;
+  // Peak memory of this exec: the larger of the biggest resident set of
+  // one of its waited-for processes (rusage ru_maxrss) and, on cgroup v2,
+  // the high-water mark of the exec's slot cgroup (all its processes, page
+  // cache included). cgroup v1 has no memory cgroup per exec (see
+  // cgroup.h), so there it is the rusage figure; the sandbox-wide peak is
+  // SandboxCgroup::Stats().
   int64_t peak_memory_bytes = 0;
   std::string infra_error;
 };
