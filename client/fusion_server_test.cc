@@ -20,7 +20,6 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
-#include "sandbox/cgroup.h"
 
 namespace dsec::client {
 namespace {
@@ -194,29 +193,13 @@ TEST(FusionServerHttp, UnreachableControllerIsSandboxError) {
   server->Shutdown();  // idempotent
 }
 
-class FusionServerTest : public ::testing::Test {
+class FusionServerTest : public testing::ClusterTest<1> {
  protected:
-  static void SetUpTestSuite() {
-    if (geteuid() != 0 || !sandbox::CgroupsAvailable()) return;
-    dir_ = new dsec::testing::TempDir();
-    auto c = testing::TestCluster::Start({.dir = dir_->path(), .agents = 1});
-    ASSERT_TRUE(c.ok()) << c.status();
-    cluster_ = c->release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-    delete dir_;
-  }
   void SetUp() override {
-    DSEC_REQUIRE_HOST_FEATURE(geteuid() == 0 && sandbox::CgroupsAvailable(),
-                              "root with cgroups");
-    ASSERT_NE(cluster_, nullptr);
-    static int n = 0;
-    auto client = cluster_->NewJobClient(absl::StrCat("fusion-", n++));
-    ASSERT_TRUE(client.ok()) << client.status();
+    ClusterTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     FusionServerOptions options;
-    options.client = *client;
+    options.client = client_;
     options.port = 0;
     options.max_concurrent_requests = 16;
     options.languages.push_back({"nolang", "main.x", "", "no-such-tool main.x",
@@ -239,13 +222,8 @@ class FusionServerTest : public ::testing::Test {
     return r.body;
   }
 
-  static dsec::testing::TempDir* dir_;
-  static testing::TestCluster* cluster_;
   std::unique_ptr<FusionServer> server_;
 };
-
-dsec::testing::TempDir* FusionServerTest::dir_ = nullptr;
-testing::TestCluster* FusionServerTest::cluster_ = nullptr;
 
 TEST_F(FusionServerTest, PythonHelloWorld) {
   json r = Run(Code("python", "print('Hello, world!')"));
