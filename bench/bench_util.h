@@ -8,8 +8,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -28,6 +31,16 @@ inline Summary Summarize(std::vector<double> v) {
   for (double x : v) sum += x;
   return {v[v.size() / 2], v[std::min(v.size() - 1, v.size() * 99 / 100)],
           sum / v.size()};
+}
+
+// The value, or exit(1) with the status (benchmarks have no one to tell).
+template <typename T>
+T OrDie(absl::StatusOr<T> v) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "fatal: %s\n", v.status().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(*v);
 }
 
 inline void Print(const char* name, const Summary& s) {

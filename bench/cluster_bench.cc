@@ -40,6 +40,7 @@ ABSL_FLAG(double, throughput_seconds, 5, "duration of the creations/s test");
 namespace {
 
 using dsec::bench::ForkExecWait;
+using dsec::bench::OrDie;
 using dsec::bench::Print;
 using dsec::bench::Summarize;
 using dsec::bench::Summary;
@@ -56,15 +57,6 @@ double SpawnWait() {
   int status;
   waitpid(pid, &status, 0);
   return absl::ToDoubleMilliseconds(absl::Now() - start);
-}
-
-template <typename T>
-T OrDie(absl::StatusOr<T> v) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "fatal: %s\n", v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(*v);
 }
 
 void CheckRpc(const grpc::Status& s, const char* what) {

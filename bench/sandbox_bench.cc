@@ -40,6 +40,7 @@ ABSL_FLAG(std::string, bwrap, "/usr/bin/bwrap", "bubblewrap binary");
 namespace {
 
 using dsec::bench::ForkExecWait;
+using dsec::bench::OrDie;
 using dsec::bench::Print;
 using dsec::bench::Summarize;
 using dsec::bench::Summary;
@@ -77,15 +78,6 @@ int64_t MemAvailableKiB() {
     if (key == "MemAvailable:") return value;
   }
   return 0;
-}
-
-template <typename T>
-T OrDie(absl::StatusOr<T> v) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "error: %s\n", v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return *std::move(v);
 }
 
 }  // namespace
