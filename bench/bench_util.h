@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -32,19 +33,19 @@ inline Summary Summarize(std::vector<double> v) {
           sum / v.size()};
 }
 
-inline void Print(const char* name, const Summary& s) {
-  std::printf("%-44s p50 %8.3f ms   p99 %8.3f ms   mean %8.3f ms\n", name,
-              s.p50_ms, s.p99_ms, s.mean_ms);
-}
-
-// The value, or exit(1) with the status on stderr (benchmarks only).
+// The value, or exit(1) with the status (benchmarks have no one to tell).
 template <typename T>
 T OrDie(absl::StatusOr<T> v) {
   if (!v.ok()) {
-    std::fprintf(stderr, "error: %s\n", v.status().ToString().c_str());
+    std::fprintf(stderr, "fatal: %s\n", v.status().ToString().c_str());
     std::exit(1);
   }
-  return *std::move(v);
+  return std::move(*v);
+}
+
+inline void Print(const char* name, const Summary& s) {
+  std::printf("%-44s p50 %8.3f ms   p99 %8.3f ms   mean %8.3f ms\n", name,
+              s.p50_ms, s.p99_ms, s.mean_ms);
 }
 
 // fork + execve("/bin/true") + waitpid from this process, in ms.

@@ -6,13 +6,19 @@
 #ifndef DSEC_CLIENT_TESTING_TEST_CLUSTER_H_
 #define DSEC_CLIENT_TESTING_TEST_CLUSTER_H_
 
+#include <unistd.h>
+
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "common/testing/subprocess.h"
+#include "common/testing/test_util.h"
+#include "gtest/gtest.h"
+#include "sandbox/cgroup.h"
 
 namespace dsec::client::testing {
 
@@ -54,6 +60,43 @@ class TestCluster {
   std::string secret_;
   std::unique_ptr<dsec::testing::Subprocess> controller_;
   std::vector<std::unique_ptr<dsec::testing::Subprocess>> agents_;
+};
+
+// A TEST_F fixture with one cluster of kAgents agents per suite. Tests skip
+// without root and cgroups (and fail under CI); each gets client_, the
+// client of a fresh job. A subclass's SetUp calls ClusterTest::SetUp first
+// and returns if it skipped or failed.
+template <int kAgents>
+class ClusterTest : public ::testing::Test {
+ protected:
+  static bool HostSupported() {
+    return geteuid() == 0 && sandbox::CgroupsAvailable();
+  }
+  static void SetUpTestSuite() {
+    if (!HostSupported()) return;
+    dir_ = new dsec::testing::TempDir();
+    auto c = TestCluster::Start({.dir = dir_->path(), .agents = kAgents});
+    ASSERT_TRUE(c.ok()) << c.status();
+    cluster_ = c->release();
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+    delete dir_;
+    dir_ = nullptr;
+  }
+  void SetUp() override {
+    DSEC_REQUIRE_HOST_FEATURE(HostSupported(), "root with cgroups");
+    ASSERT_NE(cluster_, nullptr);
+    static int n = 0;
+    auto c = cluster_->NewJobClient(absl::StrCat("job-", n++));
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = *c;
+  }
+
+  static inline dsec::testing::TempDir* dir_ = nullptr;
+  static inline TestCluster* cluster_ = nullptr;
+  std::shared_ptr<Client> client_;
 };
 
 }  // namespace dsec::client::testing
