@@ -408,17 +408,20 @@ TEST_F(FusionServerTest, MemoryLimitKillsTheProgram) {
 TEST_F(FusionServerTest, ConcurrentRequestsAreAllAnsweredCorrectly) {
   constexpr int kRequests = 16;
   std::vector<json> replies(kRequests);
+  std::vector<std::string> texts(kRequests);
   std::vector<std::thread> threads;
   for (int i = 0; i < kRequests; ++i) {
     threads.emplace_back([&, i] {
       json req = Code("python", absl::StrCat("print(", i, " * 2)"));
       req["run_timeout"] = 120;
-      replies[i] = Post(server_->port(), req).body;
+      Reply r = Post(server_->port(), req);
+      replies[i] = r.body;
+      texts[i] = r.text;
     });
   }
   for (std::thread& t : threads) t.join();
   for (int i = 0; i < kRequests; ++i) {
-    ASSERT_TRUE(replies[i].is_object()) << i;
+    ASSERT_TRUE(replies[i].is_object()) << i << ": " << texts[i];
     EXPECT_EQ(replies[i]["status"], "Success") << replies[i];
     EXPECT_EQ(replies[i]["run_result"]["stdout"], absl::StrCat(i * 2, "\n"));
   }
