@@ -24,44 +24,15 @@ namespace {
 using ::dsec::testing::StatusIs;
 using ::testing::HasSubstr;
 
-class ClientTest : public ::testing::Test {
+class ClientTest : public testing::ClusterTest<2> {
  protected:
-  static void SetUpTestSuite() {
-    if (geteuid() != 0 || !sandbox::CgroupsAvailable()) return;
-    dir_ = new dsec::testing::TempDir();
-    auto c = testing::TestCluster::Start({.dir = dir_->path(), .agents = 2});
-    ASSERT_TRUE(c.ok()) << c.status();
-    cluster_ = c->release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-    delete dir_;
-  }
-  void SetUp() override {
-    DSEC_REQUIRE_HOST_FEATURE(geteuid() == 0 && sandbox::CgroupsAvailable(),
-                              "root with cgroups");
-    ASSERT_NE(cluster_, nullptr);
-    static int n = 0;
-    auto c = cluster_->NewJobClient(absl::StrCat("job-", n++));
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = *c;
-  }
-
   dsec::v1::SandboxSpec SmallSpec() {
     dsec::v1::SandboxSpec spec;
     spec.mutable_limits()->set_memory_bytes(256 << 20);
     spec.mutable_limits()->set_cpu_millicores(500);
     return spec;
   }
-
-  static dsec::testing::TempDir* dir_;
-  static testing::TestCluster* cluster_;
-  std::shared_ptr<Client> client_;
 };
-
-dsec::testing::TempDir* ClientTest::dir_ = nullptr;
-testing::TestCluster* ClientTest::cluster_ = nullptr;
 
 TEST_F(ClientTest, StateSurvivesBetweenExecsAndFailuresAreTyped) {
   auto sb = client_->CreateSandbox(SmallSpec());

@@ -469,30 +469,31 @@ absl::Status Trajectory::Rebuild(const std::string& reason) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ExecOutcome> Trajectory::Run(const Command& command) {
+namespace {
+// A logged step's deterministic error, as the caller first saw it.
+absl::Status LoggedError(const v1::TrajectoryStep& step) {
+  return absl::Status(static_cast<absl::StatusCode>(step.error().code()),
+                      step.error().message());
+}
+}  // namespace
+
+absl::StatusOr<ExecOutcome> Trajectory::RunStep(const Command& command,
+                                                bool mutating) {
   v1::TrajectoryStep step;
   *step.mutable_exec() = ToExecRequest(command);
-  step.set_mutating(true);
+  step.set_mutating(mutating);
   bool from_log = false;
   ASSIGN_OR_RETURN(v1::TrajectoryStep done, Step(std::move(step), &from_log));
-  if (done.has_error()) {
-    return absl::Status(static_cast<absl::StatusCode>(done.error().code()),
-                        done.error().message());
-  }
+  if (done.has_error()) return LoggedError(done);
   return Restore(done.outcome(), from_log);
 }
 
+absl::StatusOr<ExecOutcome> Trajectory::Run(const Command& command) {
+  return RunStep(command, /*mutating=*/true);
+}
+
 absl::StatusOr<ExecOutcome> Trajectory::RunReadOnly(const Command& command) {
-  v1::TrajectoryStep step;
-  *step.mutable_exec() = ToExecRequest(command);
-  step.set_mutating(false);
-  bool from_log = false;
-  ASSIGN_OR_RETURN(v1::TrajectoryStep done, Step(std::move(step), &from_log));
-  if (done.has_error()) {
-    return absl::Status(static_cast<absl::StatusCode>(done.error().code()),
-                        done.error().message());
-  }
-  return Restore(done.outcome(), from_log);
+  return RunStep(command, /*mutating=*/false);
 }
 
 absl::Status Trajectory::WriteFile(absl::string_view path,
@@ -505,11 +506,7 @@ absl::Status Trajectory::WriteFile(absl::string_view path,
   step.set_mutating(true);
   bool from_log = false;
   ASSIGN_OR_RETURN(v1::TrajectoryStep done, Step(std::move(step), &from_log));
-  if (done.has_error()) {
-    return absl::Status(static_cast<absl::StatusCode>(done.error().code()),
-                        done.error().message());
-  }
-  return absl::OkStatus();
+  return done.has_error() ? LoggedError(done) : absl::OkStatus();
 }
 
 absl::StatusOr<std::string> Trajectory::ReadFile(absl::string_view path,
@@ -521,10 +518,7 @@ absl::StatusOr<std::string> Trajectory::ReadFile(absl::string_view path,
   step.set_mutating(false);
   bool from_log = false;
   ASSIGN_OR_RETURN(v1::TrajectoryStep done, Step(std::move(step), &from_log));
-  if (done.has_error()) {
-    return absl::Status(static_cast<absl::StatusCode>(done.error().code()),
-                        done.error().message());
-  }
+  if (done.has_error()) return LoggedError(done);
   if (truncated != nullptr) *truncated = done.read_truncated();
   return done.data();
 }

@@ -102,6 +102,7 @@ class Trajectory : public SandboxIo {
   Trajectory(std::shared_ptr<Client> client, TrajectoryOptions options,
              std::unique_ptr<TrajectoryLog> log);
   absl::Status Load();
+  absl::StatusOr<ExecOutcome> RunStep(const Command& command, bool mutating);
 
   // Runs one step: fast-forward from the log, or live with recovery.
   // *from_log: the result came from the log (fast-forward).

@@ -33,28 +33,11 @@ std::string StepScript(int i) {
                       "od -An -tx8 | tr -d ' ')");
 }
 
-class TrajectoryTest : public ::testing::Test {
+class TrajectoryTest : public testing::ClusterTest<2> {
  protected:
-  static void SetUpTestSuite() {
-    if (geteuid() != 0 || !sandbox::CgroupsAvailable()) return;
-    dir_ = new dsec::testing::TempDir();
-    auto c = testing::TestCluster::Start({.dir = dir_->path(), .agents = 2});
-    ASSERT_TRUE(c.ok()) << c.status();
-    cluster_ = c->release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-    delete dir_;
-  }
   void SetUp() override {
-    DSEC_REQUIRE_HOST_FEATURE(geteuid() == 0 && sandbox::CgroupsAvailable(),
-                              "root with cgroups");
-    ASSERT_NE(cluster_, nullptr);
-    static int n = 0;
-    auto c = cluster_->NewJobClient(absl::StrCat("traj-", n++));
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = *c;
+    testing::ClusterTest<2>::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     spec_.mutable_limits()->set_memory_bytes(256 << 20);
   }
 
@@ -65,15 +48,9 @@ class TrajectoryTest : public ::testing::Test {
             .lost_wait = absl::Seconds(30)};
   }
 
-  static dsec::testing::TempDir* dir_;
-  static testing::TestCluster* cluster_;
   dsec::testing::TempDir log_dir_;
-  std::shared_ptr<Client> client_;
   dsec::v1::SandboxSpec spec_;
 };
-
-dsec::testing::TempDir* TrajectoryTest::dir_ = nullptr;
-testing::TestCluster* TrajectoryTest::cluster_ = nullptr;
 
 TEST_F(TrajectoryTest, ResumeFastForwardsWithoutRunningAnythingTwice) {
   std::vector<std::string> seen;

@@ -88,6 +88,22 @@ dsec::v1::SandboxSpec MakeSpec(int64_t memory_mb, int64_t cpu_millicores,
   return spec;
 }
 
+// Sandbox.run / Trajectory.run: a blocking Run with the GIL released.
+template <typename Io>
+ExecOutcome RunBlocking(Io& io, const CommandArg& cmd, double timeout,
+                        std::optional<std::string> stdin_data,
+                        std::map<std::string, std::string> env, std::string cwd,
+                        int64_t max_output_bytes) {
+  Command c = MakeCommand(cmd, timeout, std::move(stdin_data), std::move(env),
+                          std::move(cwd), max_output_bytes);
+  absl::StatusOr<ExecOutcome> r;
+  {
+    py::gil_scoped_release release;
+    r = io.Run(c);
+  }
+  return Check(std::move(r));
+}
+
 #define SPEC_ARGS                                               \
   py::arg("memory_mb") = 512, py::arg("cpu_millicores") = 1000, \
   py::arg("pids") = 256, py::arg("disk_mb") = 512,              \
@@ -340,25 +356,9 @@ PYBIND11_MODULE(dsec, m) {
   py::class_<Sandbox, std::shared_ptr<Sandbox>>(m, "Sandbox")
       .def_property_readonly("id", &Sandbox::id)
       .def_property_readonly("node_id", &Sandbox::node_id)
-      .def(
-          "run",
-          [](Sandbox& s, const CommandArg& cmd, double timeout,
-             std::optional<std::string> stdin_data,
-             std::map<std::string, std::string> env, std::string cwd,
-             int64_t max_output_bytes) {
-            Command c =
-                MakeCommand(cmd, timeout, std::move(stdin_data), std::move(env),
-                            std::move(cwd), max_output_bytes);
-            absl::StatusOr<ExecOutcome> r;
-            {
-              py::gil_scoped_release release;
-              r = s.Run(c);
-            }
-            return Check(std::move(r));
-          },
-          RUN_ARGS,
-          "Runs a shell string (/bin/sh -c) or an argv list; returns an "
-          "ExecResult.")
+      .def("run", &RunBlocking<Sandbox>, RUN_ARGS,
+           "Runs a shell string (/bin/sh -c) or an argv list; returns an "
+           "ExecResult.")
       .def(
           "run_async",
           [](std::shared_ptr<Sandbox> s, const CommandArg& cmd, double timeout,
@@ -605,23 +605,7 @@ PYBIND11_MODULE(dsec, m) {
            py::arg("client"), py::arg("log_path"), py::arg("trajectory_id"),
            py::kw_only(), py::arg("memory_mb") = 512,
            py::arg("base_snapshot_id") = "", py::arg("sandbox_id") = "")
-      .def(
-          "run",
-          [](Trajectory& t, const CommandArg& cmd, double timeout,
-             std::optional<std::string> stdin_data,
-             std::map<std::string, std::string> env, std::string cwd,
-             int64_t max_output_bytes) {
-            Command c =
-                MakeCommand(cmd, timeout, std::move(stdin_data), std::move(env),
-                            std::move(cwd), max_output_bytes);
-            absl::StatusOr<ExecOutcome> r;
-            {
-              py::gil_scoped_release release;
-              r = t.Run(c);
-            }
-            return Check(std::move(r));
-          },
-          RUN_ARGS)
+      .def("run", &RunBlocking<Trajectory>, RUN_ARGS)
       .def(
           "write_file",
           [](Trajectory& t, const std::string& path, py::object data) {
