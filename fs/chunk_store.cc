@@ -411,7 +411,7 @@ absl::Status ChunkStore::StageLocked(Record& r, uint64_t offset,
                               block_begin, &got, base_path));
     if (got != buf.size() || b >= base_blocks.size() ||
         Crc(buf.data(), got) != base_blocks[b]) {
-      if (!base_pending) MarkCorruptLocked(id, base_version);
+      if (!base_pending) MarkCorruptLocked(id, base_version, r.meta.checksum);
       return absl::DataLossError(
           absl::StrCat("chunk ", id.ToString(), ": block ", b, " of version ",
                        base_version, " fails its checksum"));
@@ -506,15 +506,18 @@ absl::Status ChunkStore::Commit(const ChunkId& id, uint64_t version) {
   return absl::OkStatus();
 }
 
-void ChunkStore::MarkCorrupt(const ChunkId& id, uint64_t version) {
+void ChunkStore::MarkCorrupt(const ChunkId& id, uint64_t version,
+                             uint32_t checksum) {
   absl::MutexLock lock(&StripeFor(id));
-  MarkCorruptLocked(id, version);
+  MarkCorruptLocked(id, version, checksum);
 }
 
-void ChunkStore::MarkCorruptLocked(const ChunkId& id, uint64_t version) {
+void ChunkStore::MarkCorruptLocked(const ChunkId& id, uint64_t version,
+                                   uint32_t checksum) {
   absl::StatusOr<std::optional<Record>> r = LoadRecord(id);
   if (!r.ok() || !r->has_value() || (*r)->meta.corrupt ||
-      (*r)->meta.committed_version != version) {
+      (*r)->meta.committed_version != version ||
+      (*r)->meta.checksum != checksum) {
     return;
   }
   (*r)->meta.corrupt = true;
@@ -556,7 +559,7 @@ absl::StatusOr<std::string> ChunkStore::ReadVerified(const ChunkId& id,
         missing_version = version;
         continue;
       }
-      MarkCorrupt(id, version);
+      MarkCorrupt(id, version, r.meta.checksum);
       return absl::DataLossError(absl::StrCat("chunk ", id.ToString(),
                                               ": file of committed version ",
                                               version, " is missing"));
@@ -574,7 +577,7 @@ absl::StatusOr<std::string> ChunkStore::ReadVerified(const ChunkId& id,
       uint64_t len = std::min(bs, buf.size() - begin);
       if (got < begin + len || b >= r.blocks.size() ||
           Crc(buf.data() + begin, len) != r.blocks[b]) {
-        MarkCorrupt(id, version);
+        MarkCorrupt(id, version, r.meta.checksum);
         return absl::DataLossError(absl::StrCat(
             "chunk ", id.ToString(), ": block ", b, " of version ", version,
             got < begin + len ? " is truncated" : " fails its checksum"));

@@ -174,9 +174,11 @@ class ChunkStore {
                                            uint64_t length,
                                            uint64_t* version_out,
                                            uint32_t* checksum_out);
-  // Flags committed `version` corrupt if it is still the committed one.
-  void MarkCorrupt(const ChunkId& id, uint64_t version);
-  void MarkCorruptLocked(const ChunkId& id, uint64_t version);
+  // Flags committed `version` corrupt if it is still the committed one with
+  // `checksum` (not, say, just repaired by ApplyReplica of the same version).
+  void MarkCorrupt(const ChunkId& id, uint64_t version, uint32_t checksum);
+  void MarkCorruptLocked(const ChunkId& id, uint64_t version,
+                         uint32_t checksum);
   absl::Status SyncDir(const std::string& file_path) const;
 
   const ChunkStoreOptions options_;
