@@ -481,8 +481,9 @@ CrashWrite CrashWriteFor(uint32_t c, uint64_t v) {
 }
 constexpr int kCrashChunks = 6;
 
-// Runs only as the child of CrashDuringWritesLeavesCommittedChunksIntact.
-TEST(ChunkStoreCrashChild, WriteAndCommitForever) {
+// Runs only as the child of CrashDuringWritesLeavesCommittedChunksIntact
+// (disabled, so it is started with --gtest_also_run_disabled_tests).
+TEST(ChunkStoreCrashChild, DISABLED_WriteAndCommitForever) {
   const char* dir = getenv("DSEC_CHUNK_CRASH_DIR");
   const char* fd_env = getenv("DSEC_CHUNK_CRASH_FD");
   if (dir == nullptr || fd_env == nullptr) GTEST_SKIP() << "crash child only";
@@ -513,9 +514,10 @@ TEST(ChunkStoreCrash, CrashDuringWritesLeavesCommittedChunksIntact) {
       close(pipefd[0]);
       setenv("DSEC_CHUNK_CRASH_DIR", dir.path().c_str(), 1);
       setenv("DSEC_CHUNK_CRASH_FD", std::to_string(pipefd[1]).c_str(), 1);
-      execl("/proc/self/exe", "chunk_crash_child",
-            "--gtest_filter=ChunkStoreCrashChild.WriteAndCommitForever",
-            nullptr);
+      execl(
+          "/proc/self/exe", "chunk_crash_child",
+          "--gtest_filter=ChunkStoreCrashChild.DISABLED_WriteAndCommitForever",
+          "--gtest_also_run_disabled_tests", nullptr);
       _exit(127);
     }
     close(pipefd[1]);
