@@ -75,12 +75,12 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   if (IsConflict(s)) {
     return absl::AbortedError(absl::StrCat(what, ": ", s.ToString()));
   }
-  return absl::InternalError(absl::StrCat("meta store: ", what, ": ", s.ToString()));
+  return absl::InternalError(
+      absl::StrCat("meta store: ", what, ": ", s.ToString()));
 }
 
 template <typename Msg>
-absl::Status Parse(const std::string& value, absl::string_view what,
-                   Msg* msg) {
+absl::Status Parse(const std::string& value, absl::string_view what, Msg* msg) {
   if (!msg->ParseFromString(value)) {
     return absl::DataLossError(absl::StrCat("meta store: corrupt ", what));
   }
@@ -100,7 +100,8 @@ std::string Describe(uint64_t parent, absl::string_view name) {
 absl::Status ValidateName(absl::string_view name) {
   if (name.empty()) return FsError(EINVAL, "empty file name");
   if (name == "." || name == "..") {
-    return FsError(EINVAL, absl::StrCat("file name \"", name, "\" is reserved"));
+    return FsError(EINVAL,
+                   absl::StrCat("file name \"", name, "\" is reserved"));
   }
   if (name.find('/') != absl::string_view::npos) {
     return FsError(EINVAL, "file name contains '/'");
@@ -147,7 +148,8 @@ class MetaStore::Txn {
   absl::StatusOr<v1::Inode*> WritableDir(uint64_t id) {
     ASSIGN_OR_RETURN(v1::Inode * dir, Inode(id));
     if (!IsDir(*dir)) {
-      return FsError(ENOTDIR, absl::StrCat("inode ", id, " is not a directory"));
+      return FsError(ENOTDIR,
+                     absl::StrCat("inode ", id, " is not a directory"));
     }
     if (dir->sealed()) {
       return FsError(EPERM, absl::StrCat("directory ", id, " is sealed"));
@@ -182,9 +184,8 @@ class MetaStore::Txn {
     v1::Dentry d;
     d.set_ino(child.id());
     d.set_type(child.type());
-    return FromRocks(
-        txn_->Put(DentryKey(parent, name), d.SerializeAsString()),
-        "write dentry");
+    return FromRocks(txn_->Put(DentryKey(parent, name), d.SerializeAsString()),
+                     "write dentry");
   }
   absl::Status DeleteEntry(uint64_t parent, absl::string_view name) {
     return FromRocks(txn_->Delete(DentryKey(parent, name)), "delete dentry");
@@ -209,9 +210,9 @@ class MetaStore::Txn {
   absl::Status Commit() {
     for (uint64_t id : dirty_) {
       const std::optional<v1::Inode>& inode = inodes_[id];
-      rocksdb::Status s = inode ? txn_->Put(InodeKey(id),
-                                            inode->SerializeAsString())
-                                : txn_->Delete(InodeKey(id));
+      rocksdb::Status s =
+          inode ? txn_->Put(InodeKey(id), inode->SerializeAsString())
+                : txn_->Delete(InodeKey(id));
       RETURN_IF_ERROR(FromRocks(s, "write inode"));
     }
     return FromRocks(txn_->Commit(), "commit");
@@ -236,9 +237,8 @@ absl::Status MetaStore::RunTxn(Fn&& fn) {
     if (status.code() != absl::StatusCode::kAborted) return status;
     absl::SleepFor(absl::Microseconds(50 * std::min(attempt + 1, 20)));
   }
-  return absl::AbortedError(
-      absl::StrCat("meta store: transaction kept conflicting: ",
-                   status.message()));
+  return absl::AbortedError(absl::StrCat(
+      "meta store: transaction kept conflicting: ", status.message()));
 }
 
 absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Create(
@@ -318,9 +318,9 @@ absl::Status MetaStore::Init() {
   {
     std::unique_ptr<rocksdb::Iterator> it(
         db_->NewIterator(rocksdb::ReadOptions()));
-    for (it->Seek(kOrphanPrefix); it->Valid() &&
-                                  it->key().starts_with(kOrphanPrefix) &&
-                                  it->key().size() == 10;
+    for (it->Seek(kOrphanPrefix);
+         it->Valid() && it->key().starts_with(kOrphanPrefix) &&
+         it->key().size() == 10;
          it->Next()) {
       orphans.push_back(ReadBe64(it->key().data() + 2));
     }
@@ -412,8 +412,8 @@ absl::StatusOr<v1::Inode> MetaStore::SetAttr(uint64_t ino,
     int64_t now = NowNs();
     if (args.mask & kSetSize) {
       if (IsDir(*inode)) {
-        return FsError(EISDIR,
-                       absl::StrCat("truncate: inode ", ino, " is a directory"));
+        return FsError(
+            EISDIR, absl::StrCat("truncate: inode ", ino, " is a directory"));
       }
       if (inode->type() != v1::INODE_TYPE_FILE) {
         return FsError(EINVAL,
@@ -437,9 +437,8 @@ absl::StatusOr<v1::Inode> MetaStore::SetAttr(uint64_t ino,
 
 absl::StatusOr<v1::Inode> MetaStore::MakeNode(uint64_t parent,
                                               absl::string_view name,
-                                              v1::InodeType type,
-                                              uint32_t mode, uint32_t uid,
-                                              uint32_t gid,
+                                              v1::InodeType type, uint32_t mode,
+                                              uint32_t uid, uint32_t gid,
                                               absl::string_view target) {
   RETURN_IF_ERROR(ValidateName(name));
   ASSIGN_OR_RETURN(uint64_t id, AllocateIno());
@@ -447,7 +446,8 @@ absl::StatusOr<v1::Inode> MetaStore::MakeNode(uint64_t parent,
   RETURN_IF_ERROR(RunTxn([&](Txn& txn) -> absl::Status {
     ASSIGN_OR_RETURN(v1::Inode * dir, txn.WritableDir(parent));
     if (dir->nlink() == 0) {
-      return FsError(ENOENT, absl::StrCat("directory ", parent, " was removed"));
+      return FsError(ENOENT,
+                     absl::StrCat("directory ", parent, " was removed"));
     }
     ASSIGN_OR_RETURN(std::optional<v1::Dentry> existing,
                      txn.Entry(parent, name));
@@ -519,8 +519,7 @@ absl::StatusOr<v1::Inode> MetaStore::Symlink(uint64_t parent,
   if (target.find('\0') != absl::string_view::npos) {
     return FsError(EINVAL, "symlink target contains a NUL byte");
   }
-  return MakeNode(parent, name, v1::INODE_TYPE_SYMLINK, 0777, uid, gid,
-                  target);
+  return MakeNode(parent, name, v1::INODE_TYPE_SYMLINK, 0777, uid, gid, target);
 }
 
 absl::StatusOr<std::string> MetaStore::Readlink(uint64_t ino) {
@@ -558,9 +557,8 @@ absl::Status MetaStore::Unlink(uint64_t parent, absl::string_view name) {
     if (!d) return FsError(ENOENT, absl::StrCat("no ", Describe(parent, name)));
     ASSIGN_OR_RETURN(v1::Inode * inode, txn.Inode(d->ino()));
     if (IsDir(*inode)) {
-      return FsError(EISDIR,
-                     absl::StrCat("unlink: ", Describe(parent, name),
-                                  " is a directory"));
+      return FsError(EISDIR, absl::StrCat("unlink: ", Describe(parent, name),
+                                          " is a directory"));
     }
     if (inode->sealed()) {
       return FsError(EPERM, absl::StrCat("unlink: ", Describe(parent, name),
@@ -587,8 +585,8 @@ absl::Status MetaStore::Rmdir(uint64_t parent, absl::string_view name) {
                                            " is not a directory"));
     }
     if (victim->sealed()) {
-      return FsError(EPERM, absl::StrCat("rmdir: ", Describe(parent, name),
-                                         " is sealed"));
+      return FsError(
+          EPERM, absl::StrCat("rmdir: ", Describe(parent, name), " is sealed"));
     }
     ASSIGN_OR_RETURN(bool has_entries, txn.HasEntries(victim->id()));
     if (has_entries) {
@@ -628,8 +626,8 @@ absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
     ASSIGN_OR_RETURN(std::optional<v1::Dentry> src_d,
                      txn.Entry(old_parent, old_name));
     if (!src_d) {
-      return FsError(ENOENT,
-                     absl::StrCat("rename: no ", Describe(old_parent, old_name)));
+      return FsError(
+          ENOENT, absl::StrCat("rename: no ", Describe(old_parent, old_name)));
     }
     ASSIGN_OR_RETURN(std::optional<v1::Dentry> dst_d,
                      txn.Entry(new_parent, new_name));
@@ -637,9 +635,9 @@ absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
       return absl::OkStatus();
     }
     if (dst_d && (flags & kRenameNoReplace)) {
-      return FsError(EEXIST, absl::StrCat("rename: ",
-                                          Describe(new_parent, new_name),
-                                          " exists"));
+      return FsError(
+          EEXIST,
+          absl::StrCat("rename: ", Describe(new_parent, new_name), " exists"));
     }
     if (!dst_d && exchange) {
       return FsError(ENOENT, absl::StrCat("rename exchange: no ",
@@ -647,9 +645,9 @@ absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
     }
     ASSIGN_OR_RETURN(v1::Inode * src, txn.Inode(src_d->ino()));
     if (src->sealed()) {
-      return FsError(EPERM, absl::StrCat("rename: ",
-                                         Describe(old_parent, old_name),
-                                         " is sealed"));
+      return FsError(EPERM,
+                     absl::StrCat("rename: ", Describe(old_parent, old_name),
+                                  " is sealed"));
     }
     v1::Inode* dst = nullptr;
     if (dst_d) {
@@ -659,9 +657,9 @@ absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
       }
       ASSIGN_OR_RETURN(dst, txn.Inode(dst_d->ino()));
       if (dst->sealed()) {
-        return FsError(EPERM, absl::StrCat("rename: ",
-                                           Describe(new_parent, new_name),
-                                           " is sealed"));
+        return FsError(EPERM,
+                       absl::StrCat("rename: ", Describe(new_parent, new_name),
+                                    " is sealed"));
       }
     }
     // A directory must not move below itself: walk up from its new parent.
@@ -704,22 +702,22 @@ absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
     } else {
       if (dst) {
         if (IsDir(*src) && !IsDir(*dst)) {
-          return FsError(ENOTDIR, absl::StrCat("rename: ",
-                                               Describe(new_parent, new_name),
-                                               " is not a directory"));
+          return FsError(
+              ENOTDIR, absl::StrCat("rename: ", Describe(new_parent, new_name),
+                                    " is not a directory"));
         }
         if (!IsDir(*src) && IsDir(*dst)) {
-          return FsError(EISDIR, absl::StrCat("rename: ",
-                                              Describe(new_parent, new_name),
-                                              " is a directory"));
+          return FsError(
+              EISDIR, absl::StrCat("rename: ", Describe(new_parent, new_name),
+                                   " is a directory"));
         }
         if (IsDir(*dst)) {
           ASSIGN_OR_RETURN(bool has_entries, txn.HasEntries(dst->id()));
           if (has_entries) {
-            return FsError(ENOTEMPTY,
-                           absl::StrCat("rename: ",
-                                        Describe(new_parent, new_name),
-                                        " is not empty"));
+            return FsError(
+                ENOTEMPTY,
+                absl::StrCat("rename: ", Describe(new_parent, new_name),
+                             " is not empty"));
           }
           dst_dir->set_nlink(dst_dir->nlink() - 1);
           txn.DeleteInode(dst->id());
@@ -754,21 +752,21 @@ absl::StatusOr<v1::Inode> MetaStore::Link(uint64_t ino, uint64_t new_parent,
     }
     ASSIGN_OR_RETURN(v1::Inode * inode, txn.Inode(ino));
     if (IsDir(*inode)) {
-      return FsError(EPERM, absl::StrCat("link: inode ", ino,
-                                         " is a directory"));
+      return FsError(EPERM,
+                     absl::StrCat("link: inode ", ino, " is a directory"));
     }
     if (inode->sealed()) {
       return FsError(EPERM, absl::StrCat("link: inode ", ino, " is sealed"));
     }
     if (inode->nlink() == 0) {
-      return FsError(ENOENT, absl::StrCat("link: inode ", ino,
-                                          " has been unlinked"));
+      return FsError(ENOENT,
+                     absl::StrCat("link: inode ", ino, " has been unlinked"));
     }
     ASSIGN_OR_RETURN(std::optional<v1::Dentry> existing,
                      txn.Entry(new_parent, new_name));
     if (existing) {
-      return FsError(EEXIST, absl::StrCat(Describe(new_parent, new_name),
-                                          " exists"));
+      return FsError(EEXIST,
+                     absl::StrCat(Describe(new_parent, new_name), " exists"));
     }
     int64_t now = NowNs();
     inode->set_nlink(inode->nlink() + 1);
@@ -843,8 +841,8 @@ absl::StatusOr<v1::StatFs> MetaStore::StatFs() {
   v1::StatFs out;
   std::unique_ptr<rocksdb::Iterator> it(
       db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(kInodePrefix); it->Valid() && it->key().starts_with(kInodePrefix);
-       it->Next()) {
+  for (it->Seek(kInodePrefix);
+       it->Valid() && it->key().starts_with(kInodePrefix); it->Next()) {
     v1::Inode inode;
     if (!inode.ParseFromArray(it->value().data(),
                               static_cast<int>(it->value().size()))) {
@@ -874,8 +872,8 @@ absl::StatusOr<v1::Inode> MetaStore::Open(uint64_t ino, bool for_write) {
                                           " is a directory"));
     }
     if (for_write && inode->sealed()) {
-      return FsError(EPERM, absl::StrCat("open for write: inode ", ino,
-                                         " is sealed"));
+      return FsError(EPERM,
+                     absl::StrCat("open for write: inode ", ino, " is sealed"));
     }
     out = *inode;
     return absl::OkStatus();
@@ -983,8 +981,8 @@ absl::StatusOr<FsckReport> MetaStore::Fsck() {
         continue;
       }
       if (inode.id() != id) {
-        errors.push_back(absl::StrCat("inode key ", id, " holds id ",
-                                      inode.id()));
+        errors.push_back(
+            absl::StrCat("inode key ", id, " holds id ", inode.id()));
       }
       inodes[id] = std::move(inode);
     } else if (absl::StartsWith(key, kDentryPrefix) && key.size() > 10) {
@@ -1018,8 +1016,8 @@ absl::StatusOr<FsckReport> MetaStore::Fsck() {
   } else if (root->second.parent() != kRootIno) {
     errors.push_back("root's parent is not itself");
   }
-  std::map<uint64_t, uint32_t> links;       // dentries naming each inode
-  std::map<uint64_t, uint32_t> subdirs;     // subdirectories of each dir
+  std::map<uint64_t, uint32_t> links;    // dentries naming each inode
+  std::map<uint64_t, uint32_t> subdirs;  // subdirectories of each dir
   std::map<uint64_t, std::vector<uint64_t>> children;
   for (const Entry& e : entries) {
     std::string where = absl::StrCat("dentry ", Describe(e.parent, e.name));
@@ -1069,13 +1067,12 @@ absl::StatusOr<FsckReport> MetaStore::Fsck() {
     uint32_t n = links[id];
     if (IsDir(inode)) {
       if (id != kRootIno && n != 1) {
-        errors.push_back(absl::StrCat(where, ": directory named ", n,
-                                      " times"));
+        errors.push_back(
+            absl::StrCat(where, ": directory named ", n, " times"));
       }
       if (inode.nlink() != 2 + subdirs[id]) {
-        errors.push_back(absl::StrCat(where, ": nlink ", inode.nlink(),
-                                      " but ", subdirs[id],
-                                      " subdirectories"));
+        errors.push_back(absl::StrCat(where, ": nlink ", inode.nlink(), " but ",
+                                      subdirs[id], " subdirectories"));
       }
     } else if (inode.nlink() != n) {
       errors.push_back(absl::StrCat(where, ": nlink ", inode.nlink(), " but ",
@@ -1091,7 +1088,8 @@ absl::StatusOr<FsckReport> MetaStore::Fsck() {
   for (uint64_t id : orphans) {
     auto i = inodes.find(id);
     if (i == inodes.end() || i->second.nlink() != 0) {
-      errors.push_back(absl::StrCat("orphan ", id, ": inode missing or linked"));
+      errors.push_back(
+          absl::StrCat("orphan ", id, ": inode missing or linked"));
     }
   }
   return report;

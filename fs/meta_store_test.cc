@@ -42,8 +42,7 @@ std::unique_ptr<MetaStore> OpenStore(const std::string& dir) {
 void ExpectConsistent(MetaStore& store) {
   auto report = store.Fsck();
   ASSERT_THAT(report, IsOk());
-  EXPECT_THAT(report->errors, IsEmpty())
-      << absl::StrJoin(report->errors, "\n");
+  EXPECT_THAT(report->errors, IsEmpty()) << absl::StrJoin(report->errors, "\n");
 }
 
 class MetaStoreTest : public ::testing::Test {
@@ -104,14 +103,13 @@ TEST_F(MetaStoreTest, InvalidNamesAreRefusedWithTheProblemNamed) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.why);
     absl::Status s = store_->Create(kRootIno, c.name, 0644, 0, 0).status();
-    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
-                            HasSubstr(c.why)));
+    EXPECT_THAT(s,
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.why)));
     EXPECT_EQ(ErrnoOf(s), c.err);
     EXPECT_EQ(ErrnoOf(store_->Mkdir(kRootIno, c.name, 0755, 0, 0).status()),
               c.err);
     EXPECT_EQ(ErrnoOf(store_->Lookup(kRootIno, c.name).status()), c.err);
-    EXPECT_EQ(ErrnoOf(store_->Rename(kRootIno, "x", kRootIno, c.name)),
-              c.err);
+    EXPECT_EQ(ErrnoOf(store_->Rename(kRootIno, "x", kRootIno, c.name)), c.err);
   }
   EXPECT_THAT(store_->Create(kRootIno, std::string(255, 'x'), 0644, 0, 0),
               IsOk());
@@ -121,14 +119,12 @@ TEST_F(MetaStoreTest, CreateIsExclusiveAndLookupMissingIsEnoent) {
   uint64_t f = CreateOk(kRootIno, "f");
   EXPECT_EQ(ErrnoOf(store_->Create(kRootIno, "f", 0644, 0, 0).status()),
             EEXIST);
-  EXPECT_EQ(ErrnoOf(store_->Mkdir(kRootIno, "f", 0755, 0, 0).status()),
-            EEXIST);
+  EXPECT_EQ(ErrnoOf(store_->Mkdir(kRootIno, "f", 0755, 0, 0).status()), EEXIST);
   EXPECT_THAT(store_->Lookup(kRootIno, "nope"),
               StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(ErrnoOf(store_->Lookup(f, "x").status()), ENOTDIR);
   EXPECT_EQ(ErrnoOf(store_->Create(f, "x", 0644, 0, 0).status()), ENOTDIR);
-  EXPECT_EQ(ErrnoOf(store_->Create(999999, "x", 0644, 0, 0).status()),
-            ENOENT);
+  EXPECT_EQ(ErrnoOf(store_->Create(999999, "x", 0644, 0, 0).status()), ENOENT);
 }
 
 TEST_F(MetaStoreTest, MkdirRmdirKeepParentLinkCounts) {
@@ -177,10 +173,8 @@ TEST_F(MetaStoreTest, SymlinkAndReadlink) {
   ASSERT_OK_AND_ASSIGN(std::string target, store_->Readlink(l.id()));
   EXPECT_EQ(target, "../target");
   EXPECT_EQ(ErrnoOf(store_->Readlink(kRootIno).status()), EINVAL);
-  EXPECT_EQ(ErrnoOf(store_->Symlink(kRootIno, "m", "", 0, 0).status()),
-            ENOENT);
-  EXPECT_EQ(ErrnoOf(store_->Symlink(kRootIno, "m", std::string(5000, 'x'), 0,
-                                    0)
+  EXPECT_EQ(ErrnoOf(store_->Symlink(kRootIno, "m", "", 0, 0).status()), ENOENT);
+  EXPECT_EQ(ErrnoOf(store_->Symlink(kRootIno, "m", std::string(5000, 'x'), 0, 0)
                         .status()),
             ENAMETOOLONG);
   EXPECT_OK(store_->Unlink(kRootIno, "l"));
@@ -256,10 +250,8 @@ TEST_F(MetaStoreTest, RenameDirectoryReplacementRules) {
                           HasSubstr("ENOTEMPTY")));
   EXPECT_EQ(ErrnoOf(s), ENOTEMPTY);
   // Directory over file, file over directory.
-  EXPECT_EQ(ErrnoOf(store_->Rename(kRootIno, "d1", kRootIno, "file")),
-            ENOTDIR);
-  EXPECT_EQ(ErrnoOf(store_->Rename(kRootIno, "file", kRootIno, "d1")),
-            EISDIR);
+  EXPECT_EQ(ErrnoOf(store_->Rename(kRootIno, "d1", kRootIno, "file")), ENOTDIR);
+  EXPECT_EQ(ErrnoOf(store_->Rename(kRootIno, "file", kRootIno, "d1")), EISDIR);
   // Directory over empty directory.
   EXPECT_OK(store_->Rename(kRootIno, "d1", kRootIno, "d2"));
   ASSERT_OK_AND_ASSIGN(v1::Inode now_d2, store_->Lookup(kRootIno, "d2"));
@@ -425,9 +417,9 @@ TEST_F(MetaStoreTest, SealedInodesRefuseChanges) {
   SetAttrArgs args;
   args.mask = kSetSize;
   args.size = 1;
-  EXPECT_THAT(store_->SetAttr(g, args),
-              StatusIs(absl::StatusCode::kPermissionDenied,
-                       HasSubstr("sealed")));
+  EXPECT_THAT(
+      store_->SetAttr(g, args),
+      StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("sealed")));
   EXPECT_EQ(ErrnoOf(store_->Open(g, true).status()), EPERM);
   EXPECT_OK(store_->Open(g, false).status());
   EXPECT_EQ(ErrnoOf(store_->Close(g, 99)), EPERM);
@@ -579,8 +571,7 @@ TEST(MetaStoreCrashSafety, SigkillDuringRandomOpsLeavesConsistentStore) {
     auto store = OpenStore(dir);
     ASSERT_NE(store, nullptr);
     ASSERT_OK_AND_ASSIGN(FsckReport report, store->Fsck());
-    EXPECT_THAT(report.errors, IsEmpty())
-        << absl::StrJoin(report.errors, "\n");
+    EXPECT_THAT(report.errors, IsEmpty()) << absl::StrJoin(report.errors, "\n");
     EXPECT_EQ(report.orphans, 0u);  // Reclaimed by the reopen.
     max_inodes = std::max<uint64_t>(max_inodes, report.inodes);
   }
