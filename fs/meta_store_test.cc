@@ -1,6 +1,7 @@
 #include "fs/meta_store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -19,6 +20,7 @@
 #include "fs/fs_error.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "rocksdb/db.h"
 
 namespace dsec::fs {
 namespace {
@@ -441,6 +443,43 @@ TEST_F(MetaStoreTest, SealedInodesRefuseChanges) {
   EXPECT_OK(store_->SetAttr(f, args).status());
 }
 
+std::string Be64Key(char prefix, uint64_t id) {
+  std::string key = {prefix, '/'};
+  for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>(id >> (i * 8)));
+  return key;
+}
+
+TEST_F(MetaStoreTest, FsckReportsDamage) {
+  uint64_t f = CreateOk(MkdirOk(kRootIno, "d"), "f");
+  uint64_t g = CreateOk(kRootIno, "g");
+  store_.reset();
+  {
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(
+        rocksdb::DB::Open(rocksdb::Options(), tmp_.Join("meta"), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    // f loses its inode; g loses its only name; a dentry of a missing dir.
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), Be64Key('i', f)).ok());
+    ASSERT_TRUE(
+        db->Delete(rocksdb::WriteOptions(), Be64Key('d', kRootIno) + "g").ok());
+    v1::Dentry dangling;
+    dangling.set_ino(g);
+    dangling.set_type(v1::INODE_TYPE_FILE);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), Be64Key('d', 777) + "x",
+                        dangling.SerializeAsString())
+                    .ok());
+    ASSERT_TRUE(db->Close().ok());
+  }
+  store_ = OpenStore(tmp_.Join("meta"));
+  ASSERT_OK_AND_ASSIGN(FsckReport report, store_->Fsck());
+  std::string all = absl::StrJoin(report.errors, "\n");
+  EXPECT_THAT(all, HasSubstr(absl::StrCat("inode ", f, " missing")));
+  EXPECT_THAT(all, HasSubstr("parent missing"));
+  EXPECT_THAT(
+      all, HasSubstr(absl::StrCat("inode ", g, ": unreachable from the root")));
+  store_.reset();  // Skip the consistency check in TearDown.
+}
+
 // A random operation against the tree; errors are expected and ignored.
 // `open` holds this caller's open handles.
 void RandomOp(MetaStore& store, std::mt19937& rng,
@@ -557,6 +596,8 @@ TEST(MetaStoreCrashSafety, SigkillDuringRandomOpsLeavesConsistentStore) {
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       setenv(kCrashDirEnv, dir.c_str(), 1);
+      int devnull = open("/dev/null", O_WRONLY);
+      if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
       execl("/proc/self/exe", "fs_meta_test",
             "--gtest_filter=MetaStoreCrashChild.RandomOpsUntilKilled",
             static_cast<char*>(nullptr));
