@@ -381,9 +381,8 @@ absl::StatusOr<v1::Inode> MetaStore::Lookup(uint64_t parent,
   std::string inode_value;
   rocksdb::Status s2;
   v1::Dentry d;
-  if (s.ok() && d.ParseFromString(value)) {
-    s2 = db_->Get(ro, InodeKey(d.ino()), &inode_value);
-  }
+  bool dentry_ok = s.ok() && d.ParseFromString(value);
+  if (dentry_ok) s2 = db_->Get(ro, InodeKey(d.ino()), &inode_value);
   db_->ReleaseSnapshot(snap);
   if (s.IsNotFound()) {
     // Distinguish a missing parent (and a non-directory one).
@@ -395,6 +394,15 @@ absl::StatusOr<v1::Inode> MetaStore::Lookup(uint64_t parent,
     return FsError(ENOENT, absl::StrCat("no ", Describe(parent, name)));
   }
   RETURN_IF_ERROR(FromRocks(s, "read dentry"));
+  if (!dentry_ok) {
+    return absl::DataLossError(
+        absl::StrCat("meta store: corrupt dentry ", Describe(parent, name)));
+  }
+  if (s2.IsNotFound()) {
+    return absl::DataLossError(
+        absl::StrCat("meta store: ", Describe(parent, name),
+                     " names missing inode ", d.ino()));
+  }
   RETURN_IF_ERROR(FromRocks(s2, "read inode"));
   v1::Inode inode;
   RETURN_IF_ERROR(Parse(inode_value, "inode", &inode));
@@ -785,6 +793,7 @@ absl::StatusOr<v1::Inode> MetaStore::Link(uint64_t ino, uint64_t new_parent,
 absl::StatusOr<ReadDirPage> MetaStore::ReadDir(uint64_t ino,
                                                absl::string_view cursor,
                                                size_t max_entries) {
+  if (max_entries == 0) return FsError(EINVAL, "readdir: max_entries is 0");
   const rocksdb::Snapshot* snap = db_->GetSnapshot();
   rocksdb::ReadOptions ro;
   ro.snapshot = snap;

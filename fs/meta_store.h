@@ -142,6 +142,7 @@ class MetaStore {
   absl::StatusOr<std::string> Readlink(uint64_t ino);
   // Up to `max_entries` entries of directory `ino` whose names sort after
   // `cursor` (bytewise; "" starts at the beginning). No "." or "..".
+  // REQUIRES: max_entries > 0 (else EINVAL).
   absl::StatusOr<ReadDirPage> ReadDir(uint64_t ino, absl::string_view cursor,
                                       size_t max_entries);
   absl::StatusOr<v1::StatFs> StatFs();
