@@ -574,6 +574,33 @@ TEST(MetaStoreConcurrency, ThreadsRacingStayConsistent) {
   EXPECT_GT(report.inodes, 1u);
 }
 
+TEST(MetaStoreConcurrency, CrossedDirectoryRenamesNeverFormACycle) {
+  dsec::testing::TempDir tmp;
+  auto store = OpenStore(tmp.Join("meta"));
+  ASSERT_NE(store, nullptr);
+  for (int round = 0; round < 100; ++round) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    std::string a_name = absl::StrCat("a", round);
+    std::string b_name = absl::StrCat("b", round);
+    ASSERT_OK_AND_ASSIGN(v1::Inode a,
+                         store->Mkdir(kRootIno, a_name, 0755, 0, 0));
+    ASSERT_OK_AND_ASSIGN(v1::Inode b,
+                         store->Mkdir(kRootIno, b_name, 0755, 0, 0));
+    absl::Status a_into_b, b_into_a;
+    std::thread t1(
+        [&] { a_into_b = store->Rename(kRootIno, a_name, b.id(), "a"); });
+    std::thread t2(
+        [&] { b_into_a = store->Rename(kRootIno, b_name, a.id(), "b"); });
+    t1.join();
+    t2.join();
+    EXPECT_NE(a_into_b.ok(), b_into_a.ok()) << a_into_b << " / " << b_into_a;
+    absl::Status failed = a_into_b.ok() ? b_into_a : a_into_b;
+    EXPECT_THAT(ErrnoOf(failed), ::testing::AnyOf(EINVAL, ENOENT)) << failed;
+  }
+  ASSERT_OK_AND_ASSIGN(FsckReport report, store->Fsck());
+  EXPECT_THAT(report.errors, IsEmpty()) << absl::StrJoin(report.errors, "\n");
+}
+
 // Re-executed by CrashSafety below with kCrashDirEnv set: random operations
 // until SIGKILLed. Skipped in a normal run.
 TEST(MetaStoreCrashChild, RandomOpsUntilKilled) {
