@@ -117,12 +117,24 @@ absl::Status ValidateName(absl::string_view name) {
   return absl::OkStatus();
 }
 
+namespace {
+
+rocksdb::TransactionOptions TxnOptions() {
+  rocksdb::TransactionOptions options;
+  // Lock cycles (two renames locking the same dirs in opposite orders) fail
+  // at once with Busy(kDeadlock) and are retried, instead of timing out.
+  options.deadlock_detect = true;
+  return options;
+}
+
+}  // namespace
+
 // One transaction: locked reads (GetForUpdate), an inode cache so an inode
 // read twice (old and new parent the same) is one object, writes at Commit.
 class MetaStore::Txn {
  public:
   Txn(rocksdb::TransactionDB* db, const rocksdb::WriteOptions& wo)
-      : txn_(db->BeginTransaction(wo)) {}
+      : txn_(db->BeginTransaction(wo, TxnOptions())) {}
 
   // The inode, locked; NOT_FOUND (ENOENT) if absent.
   absl::StatusOr<v1::Inode*> Inode(uint64_t id) {

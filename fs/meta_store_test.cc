@@ -557,7 +557,7 @@ TEST(MetaStoreConcurrency, ThreadsRacingStayConsistent) {
   auto store = OpenStore(tmp.Join("meta"));
   ASSERT_NE(store, nullptr);
   constexpr int kThreads = 4;
-  constexpr int kOps = 1500;
+  constexpr int kOps = 4000;
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
