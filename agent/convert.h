@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/proto_time.h"
 #include "dsec/v1/agent_service.pb.h"
 #include "dsec/v1/exec.pb.h"
 #include "dsec/v1/types.pb.h"
@@ -31,8 +32,10 @@ struct RequestLimits {
   std::string layers_root;
 };
 
-absl::Duration FromProto(const google::protobuf::Duration& d);
-google::protobuf::Duration ToProtoDuration(absl::Duration d);
+inline absl::Duration FromProto(const google::protobuf::Duration& d) {
+  return FromProtoDuration(d);
+}
+using ::dsec::ToProtoDuration;
 google::protobuf::Timestamp ToProtoTime(absl::Time t);
 absl::Time FromProto(const google::protobuf::Timestamp& t);
 

@@ -2,18 +2,6 @@
 
 namespace dsec::client {
 
-google::protobuf::Duration ToProtoDuration(absl::Duration d) {
-  google::protobuf::Duration p;
-  int64_t ns = absl::ToInt64Nanoseconds(d);
-  p.set_seconds(ns / 1000000000);
-  p.set_nanos(static_cast<int32_t>(ns % 1000000000));
-  return p;
-}
-
-absl::Duration FromProtoDuration(const google::protobuf::Duration& p) {
-  return absl::Seconds(p.seconds()) + absl::Nanoseconds(p.nanos());
-}
-
 dsec::v1::ExecRequest ToExecRequest(const Command& c) {
   dsec::v1::ExecRequest r;
   if (!c.shell.empty()) {

@@ -5,13 +5,13 @@
 
 #include "absl/time/time.h"
 #include "client/sandbox_io.h"
+#include "common/proto_time.h"
 #include "dsec/v1/exec.pb.h"
-#include "google/protobuf/duration.pb.h"
 
 namespace dsec::client {
 
-google::protobuf::Duration ToProtoDuration(absl::Duration d);
-absl::Duration FromProtoDuration(const google::protobuf::Duration& d);
+using ::dsec::FromProtoDuration;
+using ::dsec::ToProtoDuration;
 
 // Every field of `command`, action_id as given (may be empty).
 dsec::v1::ExecRequest ToExecRequest(const Command& command);

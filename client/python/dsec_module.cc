@@ -104,6 +104,28 @@ ExecOutcome RunBlocking(Io& io, const CommandArg& cmd, double timeout,
   return Check(std::move(r));
 }
 
+// write_file / read_file of Sandbox and Trajectory: str or bytes in, bytes
+// out, GIL released during the call.
+template <typename Io>
+void WriteFileBlocking(Io& io, const std::string& path, py::object data,
+                       uint32_t mode) {
+  std::string bytes = py::isinstance<py::str>(data)
+                          ? data.cast<std::string>()
+                          : std::string(data.cast<py::bytes>());
+  py::gil_scoped_release release;
+  Check(io.WriteFile(path, bytes, mode));
+}
+
+template <typename Io>
+py::bytes ReadFileBlocking(Io& io, const std::string& path, int64_t max_bytes) {
+  absl::StatusOr<std::string> r;
+  {
+    py::gil_scoped_release release;
+    r = io.ReadFile(path, max_bytes);
+  }
+  return py::bytes(Check(std::move(r)));
+}
+
 #define SPEC_ARGS                                               \
   py::arg("memory_mb") = 512, py::arg("cpu_millicores") = 1000, \
   py::arg("pids") = 256, py::arg("disk_mb") = 512,              \
@@ -415,28 +437,10 @@ PYBIND11_MODULE(dsec, m) {
             return future;
           },
           RUN_ARGS, "Like run(), as an awaitable (asyncio).")
-      .def(
-          "write_file",
-          [](Sandbox& s, const std::string& path, py::object data,
-             uint32_t mode) {
-            std::string bytes = py::isinstance<py::str>(data)
-                                    ? data.cast<std::string>()
-                                    : std::string(data.cast<py::bytes>());
-            py::gil_scoped_release release;
-            Check(s.WriteFile(path, bytes, mode));
-          },
-          py::arg("path"), py::arg("data"), py::arg("mode") = 0644)
-      .def(
-          "read_file",
-          [](Sandbox& s, const std::string& path, int64_t max_bytes) {
-            absl::StatusOr<std::string> r;
-            {
-              py::gil_scoped_release release;
-              r = s.ReadFile(path, max_bytes);
-            }
-            return py::bytes(Check(std::move(r)));
-          },
-          py::arg("path"), py::arg("max_bytes") = int64_t{64} << 20)
+      .def("write_file", &WriteFileBlocking<Sandbox>, py::arg("path"),
+           py::arg("data"), py::arg("mode") = 0644)
+      .def("read_file", &ReadFileBlocking<Sandbox>, py::arg("path"),
+           py::arg("max_bytes") = int64_t{64} << 20)
       .def(
           "list_files",
           [](Sandbox& s, const std::string& path, bool recursive) {
@@ -606,27 +610,10 @@ PYBIND11_MODULE(dsec, m) {
            py::kw_only(), py::arg("memory_mb") = 512,
            py::arg("base_snapshot_id") = "", py::arg("sandbox_id") = "")
       .def("run", &RunBlocking<Trajectory>, RUN_ARGS)
-      .def(
-          "write_file",
-          [](Trajectory& t, const std::string& path, py::object data) {
-            std::string bytes = py::isinstance<py::str>(data)
-                                    ? data.cast<std::string>()
-                                    : std::string(data.cast<py::bytes>());
-            py::gil_scoped_release release;
-            Check(t.WriteFile(path, bytes));
-          },
-          py::arg("path"), py::arg("data"))
-      .def(
-          "read_file",
-          [](Trajectory& t, const std::string& path, int64_t max_bytes) {
-            absl::StatusOr<std::string> r;
-            {
-              py::gil_scoped_release release;
-              r = t.ReadFile(path, max_bytes);
-            }
-            return py::bytes(Check(std::move(r)));
-          },
-          py::arg("path"), py::arg("max_bytes") = int64_t{64} << 20)
+      .def("write_file", &WriteFileBlocking<Trajectory>, py::arg("path"),
+           py::arg("data"), py::arg("mode") = 0644)
+      .def("read_file", &ReadFileBlocking<Trajectory>, py::arg("path"),
+           py::arg("max_bytes") = int64_t{64} << 20)
       .def("snapshot",
            [](Trajectory& t) {
              py::gil_scoped_release release;
