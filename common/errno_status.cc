@@ -118,6 +118,11 @@ absl::Status ErrnoStatus(absl::string_view context) {
   return ::dsec::ErrnoToStatus(errno, context);
 }
 
+absl::Status WithErrno(absl::Status status, int errno_value) {
+  status.SetPayload(kErrnoPayloadUrl, absl::Cord(absl::StrCat(errno_value)));
+  return status;
+}
+
 int StatusToErrno(const absl::Status& status) {
   if (status.ok()) return 0;
   if (auto payload = status.GetPayload(kErrnoPayloadUrl)) {

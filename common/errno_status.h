@@ -22,6 +22,10 @@ absl::Status ErrnoToStatus(int errno_value, absl::string_view context);
 // ErrnoToStatus(errno, context), for use right after a failed syscall.
 absl::Status ErrnoStatus(absl::string_view context);
 
+// `status` (same code and message) carrying `errno_value` for StatusToErrno,
+// e.g. an errno that travelled over RPC. REQUIRES: errno_value > 0.
+absl::Status WithErrno(absl::Status status, int errno_value);
+
 // The errno to report for `status`: the original errno when the status came
 // from ErrnoToStatus, otherwise the closest errno for its code. OK -> 0.
 int StatusToErrno(const absl::Status& status);

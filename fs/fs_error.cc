@@ -2,15 +2,11 @@
 
 #include <errno.h>
 
-#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "common/errno_status.h"
 
 namespace dsec::fs {
 namespace {
-
-// Must match the payload URL of common/errno_status.cc.
-constexpr char kErrnoPayloadUrl[] = "dsec.dev/errno";
 
 const char* ErrnoName(int errno_value) {
   switch (errno_value) {
@@ -76,10 +72,10 @@ absl::StatusCode FsErrorCode(int errno_value) {
 }
 
 absl::Status FsError(int errno_value, std::string msg) {
-  absl::Status status(FsErrorCode(errno_value),
-                      absl::StrCat(msg, " (", ErrnoName(errno_value), ")"));
-  status.SetPayload(kErrnoPayloadUrl, absl::Cord(absl::StrCat(errno_value)));
-  return status;
+  return WithErrno(
+      absl::Status(FsErrorCode(errno_value),
+                   absl::StrCat(msg, " (", ErrnoName(errno_value), ")")),
+      errno_value);
 }
 
 int ErrnoOf(const absl::Status& status) {
