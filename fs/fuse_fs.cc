@@ -1,0 +1,903 @@
+#define FUSE_USE_VERSION 312
+#include "fs/fuse_fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <fuse3/fuse_lowlevel.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <future>
+#include <limits>
+#include <optional>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "common/logging.h"
+#include "fs/fs_error.h"
+
+namespace dsec::fs {
+namespace {
+
+constexpr uint64_t kNoOffset = std::numeric_limits<uint64_t>::max();
+
+int64_t NowNs() { return absl::ToUnixNanos(absl::Now()); }
+
+timespec ToTimespec(int64_t ns) {
+  timespec ts;
+  ts.tv_sec = ns / 1000000000;
+  ts.tv_nsec = ns % 1000000000;
+  if (ts.tv_nsec < 0) {
+    ts.tv_nsec += 1000000000;
+    --ts.tv_sec;
+  }
+  return ts;
+}
+
+int64_t FromTimespec(const timespec& ts) {
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+mode_t TypeBits(v1::InodeType type) {
+  switch (type) {
+    case v1::INODE_TYPE_DIRECTORY:
+      return S_IFDIR;
+    case v1::INODE_TYPE_SYMLINK:
+      return S_IFLNK;
+    default:
+      return S_IFREG;
+  }
+}
+
+// An open file: its size as this handle sees it, the write-back buffer and
+// the readahead window.
+struct FileHandle {
+  uint64_t ino = 0;
+  FileRef ref;
+  bool writable = false;
+
+  absl::Mutex mu;
+  // Committed length at open, grown by this handle's writes and refreshed
+  // when a read reaches past it.
+  uint64_t size ABSL_GUARDED_BY(mu) = 0;
+  // `size` is not yet committed to the meta server.
+  bool size_dirty ABSL_GUARDED_BY(mu) = false;
+  // Contiguous buffered write [buf_off, buf_off + buf.size()).
+  uint64_t buf_off ABSL_GUARDED_BY(mu) = 0;
+  std::string buf ABSL_GUARDED_BY(mu);
+  // A failed background flush, reported by the next write/flush/fsync.
+  absl::Status write_error ABSL_GUARDED_BY(mu);
+  // Readahead window [ra_off, ra_off + ra.size()) and where the last read
+  // ended (sequential detection).
+  uint64_t ra_off ABSL_GUARDED_BY(mu) = 0;
+  std::string ra ABSL_GUARDED_BY(mu);
+  uint64_t last_end ABSL_GUARDED_BY(mu) = kNoOffset;
+  // The next window, being fetched.
+  uint64_t prefetch_off ABSL_GUARDED_BY(mu) = kNoOffset;
+  std::future<absl::StatusOr<std::string>> prefetch ABSL_GUARDED_BY(mu);
+};
+
+// A directory listing, snapshotted at opendir so offsets stay stable.
+struct DirHandle {
+  std::vector<v1::DirEntry> entries;
+};
+
+}  // namespace
+
+class FuseMount::Impl {
+ public:
+  Impl(FsClient* client, const FuseMountOptions& options)
+      : client_(client), options_(options) {}
+  ~Impl() { Shutdown(); }
+
+  absl::Status Mount();
+  absl::Status Run();
+  absl::Status Start();
+  void Stop();
+  void Shutdown();
+  absl::Status InstallSignalHandlers();
+  const std::string& mountpoint() const { return options_.mountpoint; }
+
+  // ---- operations (called by libfuse threads) ----
+  static Impl* Of(fuse_req_t req) {
+    return static_cast<Impl*>(fuse_req_userdata(req));
+  }
+  static void Init(void* userdata, fuse_conn_info* conn);
+  static void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
+  static void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  static void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr,
+                      int to_set, fuse_file_info* fi);
+  static void Readlink(fuse_req_t req, fuse_ino_t ino);
+  static void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name,
+                    mode_t mode, dev_t rdev);
+  static void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name,
+                    mode_t mode);
+  static void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name);
+  static void Rmdir(fuse_req_t req, fuse_ino_t parent, const char* name);
+  static void Symlink(fuse_req_t req, const char* link, fuse_ino_t parent,
+                      const char* name);
+  static void Rename(fuse_req_t req, fuse_ino_t parent, const char* name,
+                     fuse_ino_t newparent, const char* newname,
+                     unsigned int flags);
+  static void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+                   const char* newname);
+  static void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                   fuse_file_info* fi);
+  static void Write(fuse_req_t req, fuse_ino_t ino, const char* buf,
+                    size_t size, off_t off, fuse_file_info* fi);
+  static void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  static void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  static void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+                    fuse_file_info* fi);
+  static void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  static void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                      fuse_file_info* fi);
+  static void ReleaseDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  static void StatFs(fuse_req_t req, fuse_ino_t ino);
+  static void Create(fuse_req_t req, fuse_ino_t parent, const char* name,
+                     mode_t mode, fuse_file_info* fi);
+
+ private:
+  struct stat ToStat(const v1::Inode& inode);
+  double TimeoutFor(const v1::Inode& inode) const {
+    return absl::ToDoubleSeconds(inode.sealed() ? options_.sealed_timeout
+                                                : options_.attr_timeout);
+  }
+  void ReplyEntry(fuse_req_t req, const v1::Inode& inode);
+  static void ReplyError(fuse_req_t req, const absl::Status& status);
+
+  // Writes the buffered bytes (if any) to the chunk servers.
+  absl::Status FlushBuffer(FileHandle& h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(h.mu);
+  // Buffer out + length committed to the meta server.
+  absl::Status FlushAndCommit(FileHandle& h)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(h.mu);
+  void StartPrefetch(FileHandle& h, uint64_t off, uint64_t file_size)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(h.mu);
+
+  // Lengths of files with uncommitted writes through this mount, so stat()
+  // shows a writer's length before close.
+  void NoteLocalSize(uint64_t ino, uint64_t size, bool set);
+  void DropLocalSize(uint64_t ino);
+  std::optional<uint64_t> LocalSize(uint64_t ino);
+
+  // Close-to-open page-cache keeping.
+  bool KeepCache(const v1::Inode& inode);
+  void ForgetCacheKey(uint64_t ino);
+
+  FsClient* const client_;
+  const FuseMountOptions options_;
+  fuse_session* session_ = nullptr;
+  bool mounted_ = false;
+  bool signal_handlers_ = false;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+
+  absl::Mutex sizes_mu_;
+  // ino -> (length, open writable handles)
+  absl::flat_hash_map<uint64_t, std::pair<uint64_t, int>> local_sizes_
+      ABSL_GUARDED_BY(sizes_mu_);
+  absl::Mutex cache_mu_;
+  // ino -> (mtime_ns, size) when last opened.
+  absl::flat_hash_map<uint64_t, std::pair<int64_t, uint64_t>> cache_keys_
+      ABSL_GUARDED_BY(cache_mu_);
+};
+
+// ---- helpers ----
+
+struct stat FuseMount::Impl::ToStat(const v1::Inode& inode) {
+  struct stat st;
+  std::memset(&st, 0, sizeof(st));
+  st.st_ino = inode.id();
+  st.st_mode = TypeBits(inode.type()) | (inode.mode() & 07777);
+  st.st_nlink = inode.nlink();
+  st.st_uid = inode.uid();
+  st.st_gid = inode.gid();
+  uint64_t size = inode.size();
+  if (inode.type() == v1::INODE_TYPE_FILE) {
+    if (std::optional<uint64_t> local = LocalSize(inode.id())) {
+      size = *local;
+    }
+  }
+  st.st_size = static_cast<off_t>(size);
+  st.st_blksize = 1 << 20;
+  st.st_blocks = static_cast<blkcnt_t>((size + 511) / 512);
+  st.st_atim = ToTimespec(inode.atime_ns());
+  st.st_mtim = ToTimespec(inode.mtime_ns());
+  st.st_ctim = ToTimespec(inode.ctime_ns());
+  return st;
+}
+
+void FuseMount::Impl::ReplyEntry(fuse_req_t req, const v1::Inode& inode) {
+  fuse_entry_param e;
+  std::memset(&e, 0, sizeof(e));
+  e.ino = inode.id();
+  e.attr = ToStat(inode);
+  e.attr_timeout = TimeoutFor(inode);
+  e.entry_timeout = TimeoutFor(inode);
+  fuse_reply_entry(req, &e);
+}
+
+void FuseMount::Impl::ReplyError(fuse_req_t req, const absl::Status& status) {
+  int err = ErrnoOf(status);
+  if (err <= 0) err = EIO;
+  if (err != ENOENT && err != EEXIST && err != ENOTEMPTY) {
+    DSEC_LOG_WARN("dsec-mount: {}", status.ToString());
+  }
+  fuse_reply_err(req, err);
+}
+
+void FuseMount::Impl::NoteLocalSize(uint64_t ino, uint64_t size, bool set) {
+  absl::MutexLock lock(&sizes_mu_);
+  auto it = local_sizes_.find(ino);
+  if (it == local_sizes_.end()) return;
+  it->second.first = set ? size : std::max(it->second.first, size);
+}
+
+void FuseMount::Impl::DropLocalSize(uint64_t ino) {
+  absl::MutexLock lock(&sizes_mu_);
+  auto it = local_sizes_.find(ino);
+  if (it != local_sizes_.end() && --it->second.second <= 0) {
+    local_sizes_.erase(it);
+  }
+}
+
+std::optional<uint64_t> FuseMount::Impl::LocalSize(uint64_t ino) {
+  absl::MutexLock lock(&sizes_mu_);
+  auto it = local_sizes_.find(ino);
+  if (it == local_sizes_.end()) return std::nullopt;
+  return it->second.first;
+}
+
+bool FuseMount::Impl::KeepCache(const v1::Inode& inode) {
+  if (inode.sealed()) return true;
+  absl::MutexLock lock(&cache_mu_);
+  auto key = std::make_pair(inode.mtime_ns(), inode.size());
+  auto [it, inserted] = cache_keys_.try_emplace(inode.id(), key);
+  if (inserted) return false;
+  bool same = it->second == key;
+  it->second = key;
+  return same;
+}
+
+void FuseMount::Impl::ForgetCacheKey(uint64_t ino) {
+  absl::MutexLock lock(&cache_mu_);
+  cache_keys_.erase(ino);
+}
+
+absl::Status FuseMount::Impl::FlushBuffer(FileHandle& h) {
+  if (!h.write_error.ok()) return h.write_error;
+  if (h.buf.empty()) return absl::OkStatus();
+  absl::Status status = client_->Write(h.ref, h.buf_off, h.buf);
+  h.buf.clear();
+  if (!status.ok()) h.write_error = status;
+  return status;
+}
+
+absl::Status FuseMount::Impl::FlushAndCommit(FileHandle& h) {
+  absl::Status status = FlushBuffer(h);
+  if (!status.ok()) return status;
+  if (h.size_dirty) {
+    status = client_->Fsync(h.ino, h.size);
+    if (!status.ok()) return status;
+    h.size_dirty = false;
+  }
+  return absl::OkStatus();
+}
+
+void FuseMount::Impl::StartPrefetch(FileHandle& h, uint64_t off,
+                                    uint64_t file_size) {
+  if (off >= file_size || h.prefetch_off != kNoOffset) return;
+  uint64_t len = std::min<uint64_t>(options_.readahead_bytes, file_size - off);
+  h.prefetch_off = off;
+  FsClient* client = client_;
+  FileRef ref = h.ref;
+  h.prefetch =
+      std::async(std::launch::async, [client, ref, file_size, off, len] {
+        return client->Read(ref, file_size, off, len);
+      });
+}
+
+// ---- operations ----
+
+void FuseMount::Impl::Init(void* userdata, fuse_conn_info* conn) {
+  Impl* self = static_cast<Impl*>(userdata);
+  conn->max_write = self->options_.max_io_bytes;
+  conn->max_read = self->options_.max_io_bytes;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) {
+    conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  }
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) {
+    conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  }
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  // Our own write-back buffering keeps lengths exact; the kernel's would
+  // make it track them instead.
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+}
+
+void FuseMount::Impl::Lookup(fuse_req_t req, fuse_ino_t parent,
+                             const char* name) {
+  Impl* self = Of(req);
+  absl::StatusOr<v1::Inode> inode = self->client_->Lookup(parent, name);
+  if (absl::IsNotFound(inode.status())) {
+    // Negative entry, cached like a positive one.
+    fuse_entry_param e;
+    std::memset(&e, 0, sizeof(e));
+    e.entry_timeout = absl::ToDoubleSeconds(self->options_.attr_timeout);
+    fuse_reply_entry(req, &e);
+    return;
+  }
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  self->ReplyEntry(req, *inode);
+}
+
+void FuseMount::Impl::GetAttr(fuse_req_t req, fuse_ino_t ino,
+                              fuse_file_info* fi) {
+  Impl* self = Of(req);
+  absl::StatusOr<v1::Inode> inode = self->client_->GetAttr(ino);
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  struct stat st = self->ToStat(*inode);
+  fuse_reply_attr(req, &st, self->TimeoutFor(*inode));
+}
+
+void FuseMount::Impl::SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr,
+                              int to_set, fuse_file_info* fi) {
+  Impl* self = Of(req);
+  SetAttrArgs args;
+  if (to_set & FUSE_SET_ATTR_MODE) {
+    args.mask |= kSetMode;
+    args.mode = attr->st_mode & 07777;
+  }
+  if (to_set & FUSE_SET_ATTR_UID) {
+    args.mask |= kSetUid;
+    args.uid = attr->st_uid;
+  }
+  if (to_set & FUSE_SET_ATTR_GID) {
+    args.mask |= kSetGid;
+    args.gid = attr->st_gid;
+  }
+  if (to_set & FUSE_SET_ATTR_ATIME) {
+    args.mask |= kSetAtime;
+    args.atime_ns = (to_set & FUSE_SET_ATTR_ATIME_NOW)
+                        ? NowNs()
+                        : FromTimespec(attr->st_atim);
+  }
+  if (to_set & FUSE_SET_ATTR_MTIME) {
+    args.mask |= kSetMtime;
+    args.mtime_ns = (to_set & FUSE_SET_ATTR_MTIME_NOW)
+                        ? NowNs()
+                        : FromTimespec(attr->st_mtim);
+  }
+  FileHandle* h =
+      fi != nullptr ? reinterpret_cast<FileHandle*>(fi->fh) : nullptr;
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    args.mask |= kSetSize;
+    args.size = static_cast<uint64_t>(attr->st_size);
+    // The meta server must know every byte written so far, so that a
+    // shrink removes it all.
+    if (h != nullptr) {
+      absl::MutexLock lock(&h->mu);
+      absl::Status status = self->FlushAndCommit(*h);
+      if (!status.ok()) return ReplyError(req, status);
+    } else if (std::optional<uint64_t> local = self->LocalSize(ino)) {
+      absl::StatusOr<v1::Inode> current = self->client_->GetAttr(ino);
+      if (current.ok() && *local > current->size()) {
+        absl::Status status = self->client_->Fsync(ino, *local);
+        if (!status.ok()) return ReplyError(req, status);
+      }
+    }
+    self->ForgetCacheKey(ino);
+  }
+  absl::StatusOr<v1::Inode> inode = self->client_->SetAttr(ino, args);
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    self->NoteLocalSize(ino, args.size, /*set=*/true);
+    if (h != nullptr) {
+      absl::MutexLock lock(&h->mu);
+      h->size = args.size;
+      h->ra.clear();
+    }
+  }
+  struct stat st = self->ToStat(*inode);
+  fuse_reply_attr(req, &st, self->TimeoutFor(*inode));
+}
+
+void FuseMount::Impl::Readlink(fuse_req_t req, fuse_ino_t ino) {
+  absl::StatusOr<std::string> target = Of(req)->client_->Readlink(ino);
+  if (!target.ok()) return ReplyError(req, target.status());
+  fuse_reply_readlink(req, target->c_str());
+}
+
+void FuseMount::Impl::Mknod(fuse_req_t req, fuse_ino_t parent, const char* name,
+                            mode_t mode, dev_t rdev) {
+  if (!S_ISREG(mode)) {
+    return ReplyError(req, FsError(EPERM,
+                                   "dsec-fs holds only regular files, "
+                                   "directories and symlinks"));
+  }
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  absl::StatusOr<v1::Inode> inode = Of(req)->client_->Create(
+      parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/false);
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  Of(req)->ReplyEntry(req, *inode);
+}
+
+void FuseMount::Impl::Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name,
+                            mode_t mode) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  absl::StatusOr<v1::Inode> inode =
+      Of(req)->client_->Mkdir(parent, name, mode & 07777, ctx->uid, ctx->gid);
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  Of(req)->ReplyEntry(req, *inode);
+}
+
+void FuseMount::Impl::Unlink(fuse_req_t req, fuse_ino_t parent,
+                             const char* name) {
+  fuse_reply_err(req, ErrnoOf(Of(req)->client_->Unlink(parent, name)));
+}
+
+void FuseMount::Impl::Rmdir(fuse_req_t req, fuse_ino_t parent,
+                            const char* name) {
+  fuse_reply_err(req, ErrnoOf(Of(req)->client_->Rmdir(parent, name)));
+}
+
+void FuseMount::Impl::Symlink(fuse_req_t req, const char* link,
+                              fuse_ino_t parent, const char* name) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  absl::StatusOr<v1::Inode> inode =
+      Of(req)->client_->Symlink(parent, name, link, ctx->uid, ctx->gid);
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  Of(req)->ReplyEntry(req, *inode);
+}
+
+void FuseMount::Impl::Rename(fuse_req_t req, fuse_ino_t parent,
+                             const char* name, fuse_ino_t newparent,
+                             const char* newname, unsigned int flags) {
+  if ((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) != 0) {
+    return ReplyError(req, FsError(EINVAL, "unsupported rename flags"));
+  }
+  uint32_t f = 0;
+  if (flags & RENAME_NOREPLACE) f |= kRenameNoReplace;
+  if (flags & RENAME_EXCHANGE) f |= kRenameExchange;
+  fuse_reply_err(req, ErrnoOf(Of(req)->client_->Rename(parent, name, newparent,
+                                                       newname, f)));
+}
+
+void FuseMount::Impl::Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+                           const char* newname) {
+  absl::StatusOr<v1::Inode> inode =
+      Of(req)->client_->Link(ino, newparent, newname);
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  Of(req)->ReplyEntry(req, *inode);
+}
+
+void FuseMount::Impl::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Impl* self = Of(req);
+  const bool for_write = (fi->flags & O_ACCMODE) != O_RDONLY;
+  absl::StatusOr<v1::Inode> inode = self->client_->Open(ino, for_write);
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  auto h = std::make_unique<FileHandle>();
+  h->ino = ino;
+  h->ref = FileRef::Of(*inode);
+  h->writable = for_write;
+  {
+    absl::MutexLock lock(&h->mu);
+    h->size = inode->size();
+    if (std::optional<uint64_t> local = self->LocalSize(ino)) {
+      h->size = std::max(h->size, *local);
+    }
+  }
+  if (for_write) {
+    absl::MutexLock lock(&self->sizes_mu_);
+    auto [it, inserted] = self->local_sizes_.try_emplace(ino, inode->size(), 0);
+    ++it->second.second;
+    self->ForgetCacheKey(ino);
+  } else {
+    fi->keep_cache = self->KeepCache(*inode) ? 1 : 0;
+  }
+  FileHandle* raw = h.release();
+  fi->fh = reinterpret_cast<uint64_t>(raw);
+  if (fuse_reply_open(req, fi) == -ENOENT) {
+    // The opener was interrupted and no release will come: undo.
+    (void)self->client_->Close(ino, std::nullopt);
+    if (for_write) self->DropLocalSize(ino);
+    delete raw;
+  }
+}
+
+void FuseMount::Impl::Create(fuse_req_t req, fuse_ino_t parent,
+                             const char* name, mode_t mode,
+                             fuse_file_info* fi) {
+  Impl* self = Of(req);
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  absl::StatusOr<v1::Inode> inode = self->client_->Create(
+      parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/true);
+  if (!inode.ok()) return ReplyError(req, inode.status());
+  auto h = std::make_unique<FileHandle>();
+  h->ino = inode->id();
+  h->ref = FileRef::Of(*inode);
+  h->writable = true;
+  {
+    absl::MutexLock lock(&self->sizes_mu_);
+    auto [it, inserted] = self->local_sizes_.try_emplace(inode->id(), 0, 0);
+    ++it->second.second;
+  }
+  fi->fh = reinterpret_cast<uint64_t>(h.release());
+  fuse_entry_param e;
+  std::memset(&e, 0, sizeof(e));
+  e.ino = inode->id();
+  e.attr = self->ToStat(*inode);
+  e.attr_timeout = self->TimeoutFor(*inode);
+  e.entry_timeout = self->TimeoutFor(*inode);
+  fuse_reply_create(req, &e, fi);
+}
+
+void FuseMount::Impl::Read(fuse_req_t req, fuse_ino_t ino, size_t size,
+                           off_t off_signed, fuse_file_info* fi) {
+  Impl* self = Of(req);
+  FileHandle& h = *reinterpret_cast<FileHandle*>(fi->fh);
+  const uint64_t off = static_cast<uint64_t>(off_signed);
+  absl::MutexLock lock(&h.mu);
+  // Our own buffered writes must be visible.
+  if (!h.buf.empty()) {
+    absl::Status status = self->FlushBuffer(h);
+    if (!status.ok()) return ReplyError(req, status);
+    h.ra.clear();
+  }
+  if (off + size > h.size) {
+    // The file may have grown (another writer): refresh the length.
+    absl::StatusOr<v1::Inode> inode = self->client_->GetAttr(ino);
+    if (inode.ok()) h.size = std::max(h.size, inode->size());
+    if (std::optional<uint64_t> local = self->LocalSize(ino)) {
+      h.size = std::max(h.size, *local);
+    }
+  }
+  const uint64_t file_size = h.size;
+  if (off >= file_size) {
+    h.last_end = off;
+    return (void)fuse_reply_buf(req, nullptr, 0);
+  }
+  const uint64_t want = std::min<uint64_t>(size, file_size - off);
+  auto in_window = [&]() {
+    return !h.ra.empty() && off >= h.ra_off &&
+           off + want <= h.ra_off + h.ra.size();
+  };
+  if (!in_window() && h.prefetch_off != kNoOffset) {
+    // Adopt the prefetched window (waiting for it) if the read falls in it;
+    // otherwise it is stale and dropped.
+    absl::StatusOr<std::string> next = h.prefetch.get();
+    uint64_t next_off = h.prefetch_off;
+    h.prefetch_off = kNoOffset;
+    if (next.ok() && off >= next_off && off + want <= next_off + next->size()) {
+      h.ra = std::move(*next);
+      h.ra_off = next_off;
+    }
+  }
+  const bool sequential = off == h.last_end || off == 0;
+  if (!in_window()) {
+    uint64_t fetch = want;
+    if (sequential) {
+      fetch = std::max<uint64_t>(want, self->options_.readahead_bytes);
+      fetch = std::min<uint64_t>(fetch, file_size - off);
+    }
+    absl::StatusOr<std::string> data =
+        self->client_->Read(h.ref, file_size, off, fetch);
+    if (!data.ok()) return ReplyError(req, data.status());
+    if (!sequential) {
+      h.last_end = off + data->size();
+      return (void)fuse_reply_buf(req, data->data(), data->size());
+    }
+    h.ra = std::move(*data);
+    h.ra_off = off;
+  }
+  h.last_end = off + want;
+  if (sequential) {
+    self->StartPrefetch(h, h.ra_off + h.ra.size(), file_size);
+  }
+  const size_t start = off - h.ra_off;
+  const size_t n = std::min<size_t>(want, h.ra.size() - start);
+  fuse_reply_buf(req, h.ra.data() + start, n);
+}
+
+void FuseMount::Impl::Write(fuse_req_t req, fuse_ino_t ino, const char* buf,
+                            size_t size, off_t off_signed, fuse_file_info* fi) {
+  Impl* self = Of(req);
+  FileHandle& h = *reinterpret_cast<FileHandle*>(fi->fh);
+  const uint64_t off = static_cast<uint64_t>(off_signed);
+  absl::MutexLock lock(&h.mu);
+  if (!h.write_error.ok()) return ReplyError(req, h.write_error);
+  h.ra.clear();
+  h.last_end = kNoOffset;
+  const uint64_t limit = self->options_.write_buffer_bytes;
+  absl::Status status;
+  if (!h.buf.empty() && off == h.buf_off + h.buf.size() &&
+      h.buf.size() + size <= limit) {
+    h.buf.append(buf, size);
+  } else {
+    status = self->FlushBuffer(h);
+    if (!status.ok()) return ReplyError(req, status);
+    if (size >= limit) {
+      status = self->client_->Write(h.ref, off, absl::string_view(buf, size));
+      if (!status.ok()) return ReplyError(req, status);
+    } else {
+      h.buf_off = off;
+      h.buf.assign(buf, size);
+    }
+  }
+  if (h.buf.size() >= limit) {
+    status = self->FlushBuffer(h);
+    if (!status.ok()) return ReplyError(req, status);
+  }
+  if (off + size > h.size) h.size = off + size;
+  h.size_dirty = true;
+  self->NoteLocalSize(ino, h.size, /*set=*/false);
+  fuse_reply_write(req, size);
+}
+
+void FuseMount::Impl::Flush(fuse_req_t req, fuse_ino_t ino,
+                            fuse_file_info* fi) {
+  FileHandle& h = *reinterpret_cast<FileHandle*>(fi->fh);
+  absl::MutexLock lock(&h.mu);
+  fuse_reply_err(req, ErrnoOf(Of(req)->FlushAndCommit(h)));
+}
+
+void FuseMount::Impl::Fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+                            fuse_file_info* fi) {
+  FileHandle& h = *reinterpret_cast<FileHandle*>(fi->fh);
+  absl::MutexLock lock(&h.mu);
+  absl::Status status = Of(req)->FlushAndCommit(h);
+  if (status.ok() && h.writable) {
+    // Commit the length even when nothing was written since the last flush.
+    status = Of(req)->client_->Fsync(h.ino, h.size);
+  }
+  fuse_reply_err(req, ErrnoOf(status));
+}
+
+void FuseMount::Impl::Release(fuse_req_t req, fuse_ino_t ino,
+                              fuse_file_info* fi) {
+  Impl* self = Of(req);
+  std::unique_ptr<FileHandle> h(reinterpret_cast<FileHandle*>(fi->fh));
+  absl::Status status;
+  {
+    absl::MutexLock lock(&h->mu);
+    status = self->FlushBuffer(*h);
+    std::optional<uint64_t> size;
+    if (h->size_dirty && status.ok()) size = h->size;
+    absl::Status closed = self->client_->Close(ino, size);
+    if (status.ok()) status = closed;
+    if (h->prefetch_off != kNoOffset) (void)h->prefetch.get();
+  }
+  if (h->writable) self->DropLocalSize(ino);
+  fuse_reply_err(req, ErrnoOf(status));
+}
+
+void FuseMount::Impl::OpenDir(fuse_req_t req, fuse_ino_t ino,
+                              fuse_file_info* fi) {
+  Impl* self = Of(req);
+  auto dir = std::make_unique<DirHandle>();
+  std::string cursor;
+  while (true) {
+    absl::StatusOr<ReadDirPage> page =
+        self->client_->ReadDir(ino, cursor, 1000);
+    if (!page.ok()) return ReplyError(req, page.status());
+    for (v1::DirEntry& e : page->entries) dir->entries.push_back(std::move(e));
+    if (!page->has_more || dir->entries.empty()) break;
+    cursor = dir->entries.back().name();
+  }
+  fi->fh = reinterpret_cast<uint64_t>(dir.release());
+  fi->cache_readdir = 0;
+  if (fuse_reply_open(req, fi) == -ENOENT) {
+    delete reinterpret_cast<DirHandle*>(fi->fh);
+  }
+}
+
+void FuseMount::Impl::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size,
+                              off_t off, fuse_file_info* fi) {
+  const DirHandle& dir = *reinterpret_cast<DirHandle*>(fi->fh);
+  std::string buf(size, '\0');
+  size_t used = 0;
+  // Offsets: 0 ".", 1 "..", 2 + i entry i; each entry carries the next one.
+  const size_t total = dir.entries.size() + 2;
+  for (size_t i = static_cast<size_t>(off); i < total; ++i) {
+    struct stat st;
+    std::memset(&st, 0, sizeof(st));
+    const char* name;
+    if (i == 0) {
+      name = ".";
+      st.st_ino = ino;
+      st.st_mode = S_IFDIR;
+    } else if (i == 1) {
+      name = "..";
+      st.st_ino = ino;  // the kernel resolves ".." itself
+      st.st_mode = S_IFDIR;
+    } else {
+      const v1::DirEntry& e = dir.entries[i - 2];
+      name = e.name().c_str();
+      st.st_ino = e.ino();
+      st.st_mode = TypeBits(e.type());
+    }
+    size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name,
+                                    &st, static_cast<off_t>(i + 1));
+    if (need > size - used) break;
+    used += need;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void FuseMount::Impl::ReleaseDir(fuse_req_t req, fuse_ino_t ino,
+                                 fuse_file_info* fi) {
+  delete reinterpret_cast<DirHandle*>(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void FuseMount::Impl::StatFs(fuse_req_t req, fuse_ino_t ino) {
+  absl::StatusOr<v1::StatFsResponse> stat = Of(req)->client_->StatFs();
+  if (!stat.ok()) return ReplyError(req, stat.status());
+  struct statvfs st;
+  std::memset(&st, 0, sizeof(st));
+  constexpr uint64_t kBlock = 4096;
+  // Capacity is not tracked: report 1 PiB less what is used.
+  const uint64_t total_blocks = (uint64_t{1} << 50) / kBlock;
+  const uint64_t used_blocks =
+      std::max(stat->chunk_bytes_used(), stat->stat().total_bytes()) / kBlock;
+  st.f_bsize = kBlock;
+  st.f_frsize = kBlock;
+  st.f_blocks = total_blocks;
+  st.f_bfree = st.f_bavail = total_blocks - std::min(used_blocks, total_blocks);
+  st.f_files = uint64_t{1} << 32;
+  st.f_ffree = st.f_favail = st.f_files - stat->stat().inodes();
+  st.f_namemax = kMaxNameBytes;
+  fuse_reply_statfs(req, &st);
+}
+
+// ---- lifecycle ----
+
+absl::Status FuseMount::Impl::Mount() {
+  static const fuse_lowlevel_ops kOps = [] {
+    fuse_lowlevel_ops ops;
+    std::memset(&ops, 0, sizeof(ops));
+    ops.init = &Impl::Init;
+    ops.lookup = &Impl::Lookup;
+    ops.getattr = &Impl::GetAttr;
+    ops.setattr = &Impl::SetAttr;
+    ops.readlink = &Impl::Readlink;
+    ops.mknod = &Impl::Mknod;
+    ops.mkdir = &Impl::Mkdir;
+    ops.unlink = &Impl::Unlink;
+    ops.rmdir = &Impl::Rmdir;
+    ops.symlink = &Impl::Symlink;
+    ops.rename = &Impl::Rename;
+    ops.link = &Impl::Link;
+    ops.open = &Impl::Open;
+    ops.read = &Impl::Read;
+    ops.write = &Impl::Write;
+    ops.flush = &Impl::Flush;
+    ops.release = &Impl::Release;
+    ops.fsync = &Impl::Fsync;
+    ops.opendir = &Impl::OpenDir;
+    ops.readdir = &Impl::ReadDir;
+    ops.releasedir = &Impl::ReleaseDir;
+    ops.statfs = &Impl::StatFs;
+    ops.create = &Impl::Create;
+    return ops;
+  }();
+  std::vector<std::string> opts = {"fsname=dsec-fs", "subtype=dsec",
+                                   "default_permissions"};
+  if (options_.allow_other) opts.push_back("allow_other");
+  if (options_.read_only) opts.push_back("ro");
+  for (const std::string& o : options_.extra_options) opts.push_back(o);
+  std::string joined = absl::StrJoin(opts, ",");
+  std::vector<char*> argv = {const_cast<char*>("dsec-mount"),
+                             const_cast<char*>("-o"), joined.data()};
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  session_ = fuse_session_new(&args, &kOps, sizeof(kOps), this);
+  if (session_ == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("fuse_session_new failed with options ", joined));
+  }
+  if (fuse_session_mount(session_, options_.mountpoint.c_str()) != 0) {
+    fuse_session_destroy(session_);
+    session_ = nullptr;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot mount dsec-fs at ", options_.mountpoint,
+        ": needs an existing directory, /dev/fuse and root (see stderr)"));
+  }
+  mounted_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status FuseMount::Impl::InstallSignalHandlers() {
+  if (fuse_set_signal_handlers(session_) != 0) {
+    return absl::InternalError("fuse_set_signal_handlers failed");
+  }
+  signal_handlers_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status FuseMount::Impl::Run() {
+  fuse_loop_config* config = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(config, options_.max_threads);
+  fuse_loop_cfg_set_idle_threads(config, 4);
+  int rc = fuse_session_loop_mt(session_, config);
+  fuse_loop_cfg_destroy(config);
+  // A loop ended by an unmount or a signal is a clean end.
+  if (rc != 0 && !stopping_.load() && rc != -ENODEV && rc != SIGTERM &&
+      rc != SIGINT && rc != SIGHUP) {
+    return absl::InternalError(absl::StrCat("fuse loop ended with ", rc));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FuseMount::Impl::Start() {
+  thread_ = std::thread([this] {
+    absl::Status status = Run();
+    if (!status.ok()) DSEC_LOG_ERROR("dsec-mount: {}", status.ToString());
+  });
+  return absl::OkStatus();
+}
+
+void FuseMount::Impl::Stop() {
+  if (stopping_.exchange(true) || session_ == nullptr) return;
+  fuse_session_exit(session_);
+  // Detaching the mount ends the kernel connection, which wakes the loop's
+  // threads blocked reading /dev/fuse.
+  if (mounted_ && umount2(options_.mountpoint.c_str(), MNT_DETACH) != 0 &&
+      errno != EINVAL) {
+    DSEC_LOG_WARN("umount {}: {}", options_.mountpoint, std::strerror(errno));
+  }
+}
+
+void FuseMount::Impl::Shutdown() {
+  if (session_ == nullptr) return;
+  if (thread_.joinable()) {
+    Stop();
+    thread_.join();
+  }
+  if (signal_handlers_) fuse_remove_signal_handlers(session_);
+  if (mounted_) fuse_session_unmount(session_);
+  mounted_ = false;
+  fuse_session_destroy(session_);
+  session_ = nullptr;
+}
+
+// ---- FuseMount ----
+
+absl::StatusOr<std::unique_ptr<FuseMount>> FuseMount::Mount(
+    FsClient* client, const FuseMountOptions& options) {
+  if (client == nullptr || options.mountpoint.empty()) {
+    return absl::InvalidArgumentError(
+        "FuseMount needs a client and a mountpoint");
+  }
+  if (options.max_threads < 1 || options.max_io_bytes < 4096) {
+    return absl::InvalidArgumentError(
+        "max_threads must be >= 1 and max_io_bytes >= 4096");
+  }
+  auto impl = std::make_unique<Impl>(client, options);
+  absl::Status status = impl->Mount();
+  if (!status.ok()) return status;
+  return std::unique_ptr<FuseMount>(new FuseMount(std::move(impl)));
+}
+
+FuseMount::FuseMount(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+FuseMount::~FuseMount() = default;
+
+absl::Status FuseMount::Run() { return impl_->Run(); }
+absl::Status FuseMount::Start() { return impl_->Start(); }
+void FuseMount::Stop() { impl_->Stop(); }
+absl::Status FuseMount::InstallSignalHandlers() {
+  return impl_->InstallSignalHandlers();
+}
+const std::string& FuseMount::mountpoint() const { return impl_->mountpoint(); }
+
+}  // namespace dsec::fs
