@@ -14,95 +14,16 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "common/units.h"
+#include "ctl/cli_util.h"
+#include "ctl/fs_commands.h"
 
 namespace dsec::ctl {
 namespace {
 
 using dsec::v1::SandboxState;
 
-// ---- argument parsing ------------------------------------------------------
-
-struct Args {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> flags;
-  std::vector<std::string> rest;  // after "--"
-  bool Has(const std::string& k) const { return flags.count(k) > 0; }
-  std::string Get(const std::string& k, std::string def = "") const {
-    auto it = flags.find(k);
-    return it == flags.end() ? def : it->second;
-  }
-};
-
-// Flags that take no value.
-const std::set<std::string>& BoolFlags() {
-  static const auto* s = new std::set<std::string>{"all", "wait", "force"};
-  return *s;
-}
-
-absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& in,
-                               size_t from) {
-  Args a;
-  for (size_t i = from; i < in.size(); ++i) {
-    const std::string& s = in[i];
-    if (s == "--") {
-      a.rest.assign(in.begin() + i + 1, in.end());
-      break;
-    }
-    if (s.size() > 2 && s.rfind("--", 0) == 0) {
-      std::string key = s.substr(2), value;
-      size_t eq = key.find('=');
-      if (eq != std::string::npos) {
-        value = key.substr(eq + 1);
-        key = key.substr(0, eq);
-      } else if (BoolFlags().count(key)) {
-        value = "true";
-      } else if (i + 1 < in.size()) {
-        value = in[++i];
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("flag --", key, " needs a value"));
-      }
-      a.flags[key] = value;
-      continue;
-    }
-    a.positional.push_back(s);
-  }
-  return a;
-}
-
-absl::StatusOr<int64_t> IntFlag(const Args& a, const std::string& k,
-                                int64_t def) {
-  if (!a.Has(k)) return def;
-  int64_t v;
-  if (!absl::SimpleAtoi(a.Get(k), &v) || v < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--", k, " '", a.Get(k), "' is not a non-negative integer"));
-  }
-  return v;
-}
-
-absl::StatusOr<absl::Duration> DurationFlag(const Args& a, const std::string& k,
-                                            absl::Duration def) {
-  if (!a.Has(k)) return def;
-  absl::Duration d;
-  if (!absl::ParseDuration(a.Get(k), &d) || d < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--", k, " '", a.Get(k), "' is not a duration like 30s or 10m"));
-  }
-  return d;
-}
-
 // ---- output
 // ---------------------------------------------------------------------
-
-std::string Json(const google::protobuf::Message& m) {
-  std::string s;
-  google::protobuf::util::JsonPrintOptions o;
-  o.add_whitespace = true;
-  o.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &s, o);
-  return s;
-}
 
 std::string StateName(SandboxState s) {
   std::string n = dsec::v1::SandboxState_Name(s);
@@ -116,13 +37,6 @@ std::string NodeStateName(dsec::v1::NodeState s) {
   absl::string_view v = n;
   absl::ConsumePrefix(&v, "NODE_STATE_");
   return absl::AsciiStrToLower(v);
-}
-
-std::string Bytes(int64_t b) {
-  if (b >= (1LL << 30)) return absl::StrFormat("%.1fG", b / double(1LL << 30));
-  if (b >= (1LL << 20)) return absl::StrFormat("%.0fM", b / double(1LL << 20));
-  if (b >= (1LL << 10)) return absl::StrFormat("%.0fK", b / double(1LL << 10));
-  return absl::StrCat(b);
 }
 
 std::string Age(const google::protobuf::Timestamp& t) {
@@ -152,16 +66,6 @@ class Progress {
   std::string what_;
   int total_;
 };
-
-int Fail(std::ostream& err, const absl::Status& s) {
-  err << "error: " << s.message() << "\n";
-  return 1;
-}
-
-int Usage(std::ostream& err, absl::string_view msg) {
-  err << "usage error: " << msg << "\n(run `dsecctl help` for the commands)\n";
-  return 2;
-}
 
 // ---- commands
 // ---------------------------------------------------------------------
@@ -542,6 +446,8 @@ const char kHelp[] =
     "127.0.0.1:7070)\n"
     "              --api_key KEY (default $DSEC_API_KEY)   -o table|json\n"
     "              --tls_ca CA.pem [--tls_cert C.pem --tls_key K.pem]\n"
+    "              --fs_meta HOST:PORT dsec-fs meta server (default "
+    "$DSEC_FS_META or 127.0.0.1:9400)\n"
     "\n"
     "  local up [--data_dir DIR] [--port 7070] [--demo] [--count N]\n"
     "  nodes list | cordon NODE | uncordon NODE | drain NODE\n"
@@ -553,7 +459,10 @@ const char kHelp[] =
     "                   [--priority P] [--lease_ttl 10m]\n"
     "       list | quota JOB [...] | renew JOB | delete JOB\n"
     "  stats\n"
-    "  demo [--count 8]     a short rollout against a running cluster\n";
+    "  demo [--count 8]     a short rollout against a running cluster\n"
+    "  fs ls [PATH] | stat PATH | mkdir [-p] PATH | rm [-r] PATH\n"
+    "     put LOCAL REMOTE | get REMOTE LOCAL|- | df | chains\n"
+    "  image import NAME DIR|TARBALL | image list\n";
 
 }  // namespace
 
@@ -585,8 +494,14 @@ int Run(const CommandContext& ctx, const std::vector<std::string>& args,
   }
   auto parsed = ParseArgs(args, 0);
   if (!parsed.ok()) return Usage(err, parsed.status().message());
-  ControllerConn conn(ctx.conn);
   const std::string& group = args[0];
+  if (group == "fs" || group == "image") {
+    FsCommandOptions fs_options{.meta_address = ctx.fs_meta,
+                                .json = ctx.output == Output::kJson};
+    return group == "fs" ? RunFs(fs_options, *parsed, out, err)
+                         : RunImage(fs_options, *parsed, out, err);
+  }
+  ControllerConn conn(ctx.conn);
   if (group == "nodes" || group == "node")
     return Nodes(ctx, conn, *parsed, out, err);
   if (group == "sandboxes" || group == "sandbox" || group == "sb") {

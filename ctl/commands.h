@@ -11,6 +11,7 @@
 //        list | quota JOB [--max_sandboxes ...] | renew JOB | delete JOB
 //   stats
 //   demo [--count N]   a short rollout against a running cluster
+//   fs ... | image ...  dsec-fs (see ctl/fs_commands.h)
 //
 // Output: aligned tables for people; with Output::kJson one JSON document
 // per command (protobuf's JSON mapping) for scripts.
@@ -31,6 +32,8 @@ struct CommandContext {
   ConnOptions conn;
   Output output = Output::kTable;
   bool progress = true;  // progress bars on stderr for batch work
+  // dsec-fs meta server (fs and image commands).
+  std::string fs_meta = "127.0.0.1:9400";
 };
 
 int Run(const CommandContext& ctx, const std::vector<std::string>& args,

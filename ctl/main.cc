@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
   dsec::ctl::CommandContext ctx;
   if (const char* c = getenv("DSEC_CONTROLLER")) ctx.conn.controller = c;
   if (const char* k = getenv("DSEC_API_KEY")) ctx.conn.api_key = k;
+  if (const char* m = getenv("DSEC_FS_META")) ctx.fs_meta = m;
   std::vector<std::string> args(argv + 1, argv + argc);
   dsec::TlsFiles tls;  // from --tls_* flags
   size_t i = 0;
@@ -126,6 +127,10 @@ int main(int argc, char** argv) {
       const std::string* v = value(a);
       if (!v) return 2;
       ctx.conn.controller = *v;
+    } else if (a == "--fs_meta") {
+      const std::string* v = value(a);
+      if (!v) return 2;
+      ctx.fs_meta = *v;
     } else if (a == "--api_key") {
       const std::string* v = value(a);
       if (!v) return 2;
