@@ -1,5 +1,7 @@
 #include "agent/convert.h"
 
+#include <sys/stat.h>
+
 #include <map>
 
 #include "absl/strings/match.h"
@@ -7,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "common/token.h"
+#include "fs/image.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
@@ -80,6 +83,7 @@ absl::Time FromProto(const google::protobuf::Timestamp& t) {
 absl::StatusOr<sandbox::SandboxSpec> ToSandboxSpec(
     const v1::SandboxSpec& spec, const RequestLimits& limits) {
   sandbox::SandboxSpec out;
+  std::string image_layer;
   switch (spec.network_mode()) {
     case v1::NETWORK_MODE_UNSPECIFIED:
     case v1::NETWORK_MODE_NONE:
@@ -98,18 +102,39 @@ absl::StatusOr<sandbox::SandboxSpec> ToSandboxSpec(
         "egress_allow must be empty unless network_mode is EGRESS_ALLOWLIST");
   }
   if (!spec.image().empty()) {
-    return absl::InvalidArgumentError(
-        "images need dsec-fs, which this agent does not mount; leave image "
-        "empty for the built-in image");
+    if (limits.fs_mount_dir.empty()) {
+      return absl::InvalidArgumentError(
+          "images need dsec-fs, which this agent does not mount (start it "
+          "with --fs_mount); leave image empty for the built-in image");
+    }
+    RETURN_IF_ERROR(fs::ValidateImageName(spec.image()));
+    std::string path = fs::ImagePath(limits.fs_mount_dir, spec.image());
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return absl::NotFoundError(
+          absl::StrCat("image '", spec.image(),
+                       "' is not on dsec-fs (import it with "
+                       "`dsecctl image import ",
+                       spec.image(), " DIR|TARBALL`)"));
+    }
+    image_layer = std::move(path);
+    out.host_binds = false;
   }
   if (!spec.mounts().empty()) {
     return absl::InvalidArgumentError(
         "volume mounts need dsec-fs, which this agent does not mount");
   }
   for (const std::string& layer : spec.layers()) {
+    if (!limits.fs_mount_dir.empty() &&
+        CheckLayer(layer, limits.fs_mount_dir).ok()) {
+      out.layers.push_back(layer);
+      continue;
+    }
     RETURN_IF_ERROR(CheckLayer(layer, limits.layers_root));
     out.layers.push_back(layer);
   }
+  // The image is the bottom layer; spec layers (forks) sit above it.
+  if (!image_layer.empty()) out.layers.push_back(image_layer);
   const v1::ResourceLimits& l = spec.limits();
   RETURN_IF_ERROR(CheckNonNegative(l.cpu_millicores(), "cpu_millicores"));
   RETURN_IF_ERROR(CheckNonNegative(l.memory_bytes(), "memory_bytes"));

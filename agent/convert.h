@@ -30,6 +30,11 @@ struct RequestLimits {
   // runtime's sealed-layer dir); anything else is INVALID_ARGUMENT, so a
   // client cannot mount arbitrary host directories.
   std::string layers_root;
+  // Where dsec-fs is mounted on this node. Empty: no images. With it, a
+  // spec's `image` resolves to <fs_mount_dir>/images/<name> (a complete
+  // root file system: the host's /usr, /bin, /lib* are not bound over it),
+  // and layers may also live anywhere under the mount.
+  std::string fs_mount_dir;
 };
 
 inline absl::Duration FromProto(const google::protobuf::Duration& d) {
@@ -41,7 +46,8 @@ absl::Time FromProto(const google::protobuf::Timestamp& t);
 
 // Validates a dsec.v1 spec and turns it into a sandbox spec. Only
 // NETWORK_MODE_NONE is served: EGRESS_ALLOWLIST is INVALID_ARGUMENT, HOST
-// UNIMPLEMENTED. `image`, `mounts` need dsec-fs: INVALID_ARGUMENT.
+// UNIMPLEMENTED. `image` needs limits.fs_mount_dir (else INVALID_ARGUMENT;
+// an image not on dsec-fs is NOT_FOUND). `mounts`: INVALID_ARGUMENT.
 absl::StatusOr<sandbox::SandboxSpec> ToSandboxSpec(const v1::SandboxSpec& spec,
                                                    const RequestLimits& limits);
 

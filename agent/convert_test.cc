@@ -1,6 +1,10 @@
 // Unit tests of the proto <-> sandbox conversions (no root needed).
 #include "agent/convert.h"
 
+#include <sys/stat.h>
+
+#include "common/testing/test_util.h"
+
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -65,6 +69,38 @@ TEST(ToSandboxSpec, RejectsNegativeLimitsAndImages) {
   v1::SandboxSpec image;
   image.set_image("python-3.12");
   EXPECT_THAT(ToSandboxSpec(image, Limits()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ToSandboxSpec, ResolvesImagesUnderTheDsecFsMount) {
+  ::dsec::testing::TempDir mount;
+  ASSERT_EQ(mkdir(mount.Join("images").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(mount.Join("images/py").c_str(), 0755), 0);
+  RequestLimits limits = Limits();
+  limits.fs_mount_dir = mount.path();
+  v1::SandboxSpec spec;
+  spec.set_image("py");
+  spec.add_layers(mount.Join("layers/fork1"));
+  ASSERT_OK_AND_ASSIGN(sandbox::SandboxSpec out, ToSandboxSpec(spec, limits));
+  // Fork layers above, the image at the bottom, no host binds.
+  EXPECT_EQ(out.layers, (std::vector<std::string>{mount.Join("layers/fork1"),
+                                                  mount.Join("images/py")}));
+  EXPECT_FALSE(out.host_binds);
+  spec.clear_layers();
+  spec.set_image("missing");
+  EXPECT_THAT(ToSandboxSpec(spec, limits),
+              StatusIs(absl::StatusCode::kNotFound));
+  for (const char* bad : {"../etc", "a/b", ".hidden", "", "x y"}) {
+    spec.set_image(bad);
+    if (std::string(bad).empty()) continue;  // empty: the built-in image
+    EXPECT_THAT(ToSandboxSpec(spec, limits),
+                StatusIs(absl::StatusCode::kInvalidArgument))
+        << bad;
+  }
+  // Layers outside both roots stay refused.
+  spec.set_image("py");
+  spec.add_layers("/etc");
+  EXPECT_THAT(ToSandboxSpec(spec, limits),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 

@@ -30,6 +30,8 @@ ABSL_FLAG(std::string, secret_file, "/etc/dsec/secret",
           "cluster secret (created if missing)");
 ABSL_FLAG(std::string, node_key_file, "",
           "file holding the node key; empty: none");
+ABSL_FLAG(std::string, fs_mount, "",
+          "where dsec-fs is mounted on this node (images); empty: none");
 ABSL_FLAG(std::string, state_dir, "",
           "runtime state dir (default /run/dsec/<pid>)");
 ABSL_FLAG(std::string, init_path, "",
@@ -77,6 +79,7 @@ absl::StatusOr<dsec::agent::AgentOptions> OptionsFromFlags() {
                                              /*create_if_missing=*/false));
   }
   o.state_dir = absl::GetFlag(FLAGS_state_dir);
+  o.request_limits.fs_mount_dir = absl::GetFlag(FLAGS_fs_mount);
   o.init_path = absl::GetFlag(FLAGS_init_path);
   if (o.init_path.empty()) {
     char self[PATH_MAX] = {};

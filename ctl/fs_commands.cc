@@ -26,6 +26,7 @@
 #include "common/unique_fd.h"
 #include "ctl/commands.h"
 #include "fs/fs_error.h"
+#include "fs/image.h"
 
 extern char** environ;
 
@@ -33,7 +34,9 @@ namespace dsec::ctl {
 namespace {
 
 using fs::FsClient;
+using fs::kImagesDir;
 using fs::SetAttrArgs;
+using fs::ValidateImageName;
 
 constexpr size_t kPiece = 4 << 20;
 
@@ -137,22 +140,6 @@ int PrintInode(const FsCommandOptions& o, const std::string& path,
 }
 
 }  // namespace
-
-absl::Status ValidateImageName(absl::string_view name) {
-  if (name.empty() || name.size() > 128 || name[0] == '.') {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "image name '", std::string(name),
-        "' must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"));
-  }
-  for (char c : name) {
-    if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != '-') {
-      return absl::InvalidArgumentError(
-          absl::StrCat("image name '", std::string(name), "' has character '",
-                       std::string(1, c), "'; use [A-Za-z0-9._-]"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 absl::StatusOr<ImportStats> PutTree(FsClient& client,
                                     const std::string& local_dir,

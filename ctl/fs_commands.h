@@ -22,9 +22,6 @@
 
 namespace dsec::ctl {
 
-// Where images live on dsec-fs.
-inline constexpr char kImagesDir[] = "/images";
-
 struct FsCommandOptions {
   std::string meta_address = "127.0.0.1:9400";
   bool json = false;
@@ -52,14 +49,11 @@ absl::StatusOr<ImportStats> PutTree(fs::FsClient& client,
 
 // Imports `source` (a directory, or a tarball unpacked with tar first) as
 // image `name`: /images/.staging-<name>-<pid>, renamed to /images/<name>
-// (ALREADY_EXISTS if taken), then sealed. INVALID_ARGUMENT for names outside
-// [A-Za-z0-9._-]{1,128} or starting with '.'.
+// (ALREADY_EXISTS if taken), then sealed. INVALID_ARGUMENT for bad names
+// (fs/image.h ValidateImageName).
 absl::StatusOr<ImportStats> ImportImage(fs::FsClient& client,
                                         const std::string& name,
                                         const std::string& source);
-
-// OK if `name` is a valid image name (see ImportImage).
-absl::Status ValidateImageName(absl::string_view name);
 
 }  // namespace dsec::ctl
 
