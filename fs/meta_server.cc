@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -97,14 +98,21 @@ struct MetaServer::Impl {
   }
 
   void GcLoop() {
-    while (Sleep(options.gc_interval)) {
+    // Failed passes back off (doubling, up to 32 intervals) so a down chunk
+    // server costs one log line per backoff step, not one per interval.
+    int backoff = 1;
+    while (Sleep(options.gc_interval * backoff)) {
       // Drain batch after batch while each one succeeds.
       for (;;) {
         absl::StatusOr<bool> more = GcPass();
         if (!more.ok()) {
-          DSEC_LOG_WARN("chunk gc: {}", more.status().ToString());
+          DSEC_LOG_WARN("chunk gc: {} (retry in {})", more.status().ToString(),
+                        absl::FormatDuration(options.gc_interval *
+                                             std::min(backoff * 2, 32)));
+          backoff = std::min(backoff * 2, 32);
           break;
         }
+        backoff = 1;
         if (!*more) break;
         absl::MutexLock lock(&mu);
         if (stopping) return;
