@@ -20,6 +20,9 @@ ABSL_FLAG(uint32_t, replication, 3, "chunk servers per chain");
 ABSL_FLAG(uint32_t, chunk_size, 4 << 20, "bytes per chunk of new files");
 ABSL_FLAG(int64_t, heartbeat_ms, 1000,
           "chunk server heartbeat interval; 3 missed ones take it offline");
+ABSL_FLAG(bool, sync_writes, true,
+          "fsync the WAL on every commit (false: survives a process crash, "
+          "not power loss)");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus host:port; empty: off");
 ABSL_FLAG(std::string, log_level, "info", "log level");
 
@@ -39,6 +42,7 @@ int main(int argc, char** argv) {
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.store.chunk_size = absl::GetFlag(FLAGS_chunk_size);
+  options.store.sync_writes = absl::GetFlag(FLAGS_sync_writes);
   options.cluster.num_chains = absl::GetFlag(FLAGS_num_chains);
   options.cluster.replication = absl::GetFlag(FLAGS_replication);
   options.cluster.chunk_size = absl::GetFlag(FLAGS_chunk_size);
