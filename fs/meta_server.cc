@@ -252,6 +252,7 @@ absl::StatusOr<std::unique_ptr<MetaServer>> MetaServer::Create(
     }
     impl->http = std::move(*http);
   }
+  GcMetrics::Get();  // Exported from the start, not at the first GC.
   Impl* raw = impl.get();
   impl->liveness = std::thread([raw] { raw->LivenessLoop(); });
   impl->gc = std::thread([raw] { raw->GcLoop(); });
