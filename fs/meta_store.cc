@@ -18,6 +18,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/utilities/transaction.h"
 #include "rocksdb/utilities/transaction_db.h"
+#include "rocksdb/write_batch.h"
 
 namespace dsec::fs {
 namespace {
@@ -25,6 +26,7 @@ namespace {
 constexpr char kInodePrefix[] = "i/";
 constexpr char kDentryPrefix[] = "d/";
 constexpr char kOrphanPrefix[] = "o/";
+constexpr char kGcPrefix[] = "g/";
 constexpr char kNextInoKey[] = "c/next_ino";
 constexpr uint64_t kInoBlock = 1024;
 constexpr int kMaxTxnAttempts = 1000;
@@ -60,6 +62,12 @@ std::string DentryKey(uint64_t parent, absl::string_view name) {
 
 std::string OrphanKey(uint64_t id) {
   std::string key = kOrphanPrefix;
+  AppendBe64(id, &key);
+  return key;
+}
+
+std::string GcKey(uint64_t id) {
+  std::string key = kGcPrefix;
   AppendBe64(id, &key);
   return key;
 }
@@ -174,9 +182,16 @@ class MetaStore::Txn {
     inodes_[id] = std::move(inode);
     dirty_.insert(id);
   }
-  void DeleteInode(uint64_t id) {
-    inodes_[id].reset();
+  // Deletes inode `id`; a file's chunks become pending GC in the same
+  // transaction.
+  absl::Status DeleteInode(uint64_t id) {
+    std::optional<v1::Inode>& inode = inodes_[id];
+    if (inode && inode->type() == v1::INODE_TYPE_FILE) {
+      RETURN_IF_ERROR(FromRocks(txn_->Put(GcKey(id), ""), "write gc mark"));
+    }
+    inode.reset();
     dirty_.insert(id);
+    return absl::OkStatus();
   }
 
   // The dentry, locked; nullopt if absent.
@@ -341,8 +356,9 @@ absl::Status MetaStore::Init() {
   for (uint64_t id : orphans) {
     RETURN_IF_ERROR(RunTxn([&](Txn& txn) -> absl::Status {
       absl::StatusOr<v1::Inode*> inode = txn.Inode(id);
-      if (inode.ok() && (*inode)->nlink() == 0) txn.DeleteInode(id);
-      // TODO(issue 6): free the file's chunks once chunks exist.
+      if (inode.ok() && (*inode)->nlink() == 0) {
+        RETURN_IF_ERROR(txn.DeleteInode(id));
+      }
       return txn.DeleteOrphan(id);
     }));
   }
@@ -564,9 +580,7 @@ absl::Status MetaStore::DropLink(Txn& txn, v1::Inode* inode) {
     txn.Dirty(id);
     return txn.PutOrphan(id);
   }
-  // TODO(issue 6): free the file's chunks once chunks exist.
-  txn.DeleteInode(id);
-  return absl::OkStatus();
+  return txn.DeleteInode(id);
 }
 
 absl::Status MetaStore::Unlink(uint64_t parent, absl::string_view name) {
@@ -619,8 +633,7 @@ absl::Status MetaStore::Rmdir(uint64_t parent, absl::string_view name) {
     dir->set_ctime_ns(now);
     txn.Dirty(parent);
     RETURN_IF_ERROR(txn.DeleteEntry(parent, name));
-    txn.DeleteInode(victim->id());
-    return absl::OkStatus();
+    return txn.DeleteInode(victim->id());
   });
 }
 
@@ -740,7 +753,7 @@ absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
                              " is not empty"));
           }
           dst_dir->set_nlink(dst_dir->nlink() - 1);
-          txn.DeleteInode(dst->id());
+          RETURN_IF_ERROR(txn.DeleteInode(dst->id()));
         } else {
           RETURN_IF_ERROR(DropLink(txn, dst));
         }
@@ -957,8 +970,7 @@ absl::Status MetaStore::Close(uint64_t ino, std::optional<uint64_t> new_size) {
                  : inode.status();
     }
     if ((*inode)->nlink() > 0 || OpenCount(ino) > 0) return absl::OkStatus();
-    // TODO(issue 6): free the file's chunks once chunks exist.
-    txn.DeleteInode(ino);
+    RETURN_IF_ERROR(txn.DeleteInode(ino));
     return txn.DeleteOrphan(ino);
   });
   return status.ok() ? reclaim : status;
@@ -975,6 +987,31 @@ absl::Status MetaStore::SetSealed(uint64_t ino) {
   });
 }
 
+absl::StatusOr<std::vector<uint64_t>> MetaStore::ListPendingGc(size_t limit) {
+  if (limit == 0) return FsError(EINVAL, "list pending gc: limit is 0");
+  std::vector<uint64_t> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(kGcPrefix);
+       it->Valid() && it->key().starts_with(kGcPrefix) && out.size() < limit;
+       it->Next()) {
+    if (it->key().size() == 10) out.push_back(ReadBe64(it->key().data() + 2));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "scan gc marks"));
+  return out;
+}
+
+absl::Status MetaStore::AckGc(const std::vector<uint64_t>& inodes) {
+  if (inodes.empty()) return absl::OkStatus();
+  rocksdb::WriteBatch batch;
+  for (uint64_t id : inodes) {
+    RETURN_IF_ERROR(FromRocks(batch.Delete(GcKey(id)), "delete gc mark"));
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  return FromRocks(db_->Write(wo, &batch), "ack gc");
+}
+
 absl::StatusOr<FsckReport> MetaStore::Fsck() {
   FsckReport report;
   const rocksdb::Snapshot* snap = db_->GetSnapshot();
@@ -989,6 +1026,7 @@ absl::StatusOr<FsckReport> MetaStore::Fsck() {
   };
   std::vector<Entry> entries;
   absl::flat_hash_set<uint64_t> orphans;
+  absl::flat_hash_set<uint64_t> pending_gc;
   uint64_t ino_limit = 0;
   auto& errors = report.errors;
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
@@ -1017,6 +1055,8 @@ absl::StatusOr<FsckReport> MetaStore::Fsck() {
       entries.push_back(std::move(e));
     } else if (absl::StartsWith(key, kOrphanPrefix) && key.size() == 10) {
       orphans.insert(ReadBe64(key.data() + 2));
+    } else if (absl::StartsWith(key, kGcPrefix) && key.size() == 10) {
+      pending_gc.insert(ReadBe64(key.data() + 2));
     } else if (key == kNextInoKey && it->value().size() == 8) {
       ino_limit = ReadBe64(it->value().data());
     } else {
@@ -1030,6 +1070,7 @@ absl::StatusOr<FsckReport> MetaStore::Fsck() {
   report.inodes = inodes.size();
   report.dentries = entries.size();
   report.orphans = orphans.size();
+  report.pending_gc = pending_gc.size();
 
   auto root = inodes.find(kRootIno);
   if (root == inodes.end() || !IsDir(root->second)) {
@@ -1104,6 +1145,11 @@ absl::StatusOr<FsckReport> MetaStore::Fsck() {
     }
     if (!reached.contains(id) && !orphans.contains(id)) {
       errors.push_back(absl::StrCat(where, ": unreachable from the root"));
+    }
+  }
+  for (uint64_t id : pending_gc) {
+    if (inodes.contains(id)) {
+      errors.push_back(absl::StrCat("gc mark ", id, ": inode still exists"));
     }
   }
   for (uint64_t id : orphans) {

@@ -4,7 +4,9 @@
 // Keys: "i/<8-byte BE id>" -> v1::Inode; "d/<8-byte BE parent id><name>" ->
 // v1::Dentry, so a directory's entries are one key range sorted by name;
 // "o/<id>" marks an inode whose last link is gone while it is still open
-// (reclaimed by the last Close, or by Create after a crash); "c/next_ino"
+// (reclaimed by the last Close, or by Create after a crash); "g/<id>" marks a
+// deleted file whose chunks the chunk servers still have to drop (written in
+// the transaction that deletes the inode; see ListPendingGc); "c/next_ino"
 // reserves inode ids in blocks. Every operation runs in one pessimistic
 // RocksDB transaction (WAL on), retried on lock conflicts, so a crash at any
 // point leaves either the whole operation or none of it.
@@ -88,6 +90,8 @@ struct FsckReport {
   uint64_t inodes = 0;
   uint64_t dentries = 0;
   uint64_t orphans = 0;
+  // Deleted files whose chunks are not yet collected.
+  uint64_t pending_gc = 0;
   // One line per inconsistency; empty means consistent.
   std::vector<std::string> errors;
 };
@@ -157,6 +161,14 @@ class MetaStore {
   absl::Status Fsync(uint64_t ino, uint64_t new_size);
   // Makes `ino` immutable; idempotent.
   absl::Status SetSealed(uint64_t ino);
+
+  // Chunk GC. Every deletion of a file inode (last unlink, last close of an
+  // orphan, replacement by rename, orphan reclaim at open) records the inode
+  // as pending in the same transaction. ListPendingGc returns up to `limit`
+  // pending inode ids in ascending order; AckGc forgets them once their
+  // chunks are gone (unknown ids are ignored). REQUIRES: limit > 0.
+  absl::StatusOr<std::vector<uint64_t>> ListPendingGc(size_t limit);
+  absl::Status AckGc(const std::vector<uint64_t>& inodes);
 
   // Checks the whole namespace: every dentry names an existing inode of its
   // type inside an existing directory; every inode but the root is reachable

@@ -443,6 +443,62 @@ TEST_F(MetaStoreTest, SealedInodesRefuseChanges) {
   EXPECT_OK(store_->SetAttr(f, args).status());
 }
 
+TEST_F(MetaStoreTest, DeletedFilesBecomePendingGcUntilAcked) {
+  uint64_t a = CreateOk(kRootIno, "a");
+  uint64_t b = CreateOk(kRootIno, "b");
+  uint64_t c = CreateOk(kRootIno, "c");
+  MkdirOk(kRootIno, "d");
+  ASSERT_OK(store_->Symlink(kRootIno, "l", "a", 0, 0).status());
+  ASSERT_OK_AND_ASSIGN(std::vector<uint64_t> pending,
+                       store_->ListPendingGc(100));
+  EXPECT_THAT(pending, IsEmpty());
+
+  // Last unlink; a directory and a symlink leave no mark.
+  ASSERT_OK(store_->Unlink(kRootIno, "a"));
+  ASSERT_OK(store_->Rmdir(kRootIno, "d"));
+  ASSERT_OK(store_->Unlink(kRootIno, "l"));
+  // Replaced by rename.
+  ASSERT_OK(store_->Rename(kRootIno, "c", kRootIno, "b"));
+  ASSERT_OK_AND_ASSIGN(pending, store_->ListPendingGc(100));
+  EXPECT_EQ(pending, (std::vector<uint64_t>{a, b}));
+
+  // An open file is marked only at its last close.
+  ASSERT_OK(store_->Open(c, true).status());
+  ASSERT_OK(store_->Unlink(kRootIno, "b"));
+  ASSERT_OK_AND_ASSIGN(pending, store_->ListPendingGc(100));
+  EXPECT_EQ(pending, (std::vector<uint64_t>{a, b}));
+  ASSERT_OK(store_->Close(c, std::nullopt));
+  ASSERT_OK_AND_ASSIGN(pending, store_->ListPendingGc(100));
+  EXPECT_EQ(pending, (std::vector<uint64_t>{a, b, c}));
+
+  ASSERT_OK_AND_ASSIGN(pending, store_->ListPendingGc(2));
+  EXPECT_EQ(pending.size(), 2u);
+  EXPECT_EQ(ErrnoOf(store_->ListPendingGc(0).status()), EINVAL);
+
+  ASSERT_OK(store_->AckGc({a, c, 12345}));
+  ASSERT_OK_AND_ASSIGN(pending, store_->ListPendingGc(100));
+  EXPECT_EQ(pending, (std::vector<uint64_t>{b}));
+  ASSERT_OK_AND_ASSIGN(FsckReport report, store_->Fsck());
+  EXPECT_EQ(report.pending_gc, 1u);
+
+  // Survives a reopen.
+  store_.reset();
+  store_ = OpenStore(tmp_.Join("meta"));
+  ASSERT_OK_AND_ASSIGN(pending, store_->ListPendingGc(100));
+  EXPECT_EQ(pending, (std::vector<uint64_t>{b}));
+}
+
+TEST_F(MetaStoreTest, OrphanReclaimedAtOpenBecomesPendingGc) {
+  uint64_t f = CreateOk(kRootIno, "f");
+  ASSERT_OK(store_->Open(f, true).status());
+  ASSERT_OK(store_->Unlink(kRootIno, "f"));
+  store_.reset();
+  store_ = OpenStore(tmp_.Join("meta"));
+  ASSERT_OK_AND_ASSIGN(std::vector<uint64_t> pending,
+                       store_->ListPendingGc(100));
+  EXPECT_EQ(pending, (std::vector<uint64_t>{f}));
+}
+
 std::string Be64Key(char prefix, uint64_t id) {
   std::string key = {prefix, '/'};
   for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>(id >> (i * 8)));
