@@ -749,6 +749,10 @@ struct ChunkServer::Impl {
       absl::StatusOr<const v1::Chain*> c =
           ChainFor(*t, next->inode, next->index);
       if (!c.ok()) continue;
+      // Shared (chain, inode) lock: a concurrent REMOVE cannot be undone by
+      // a repair that fetched the content before it.
+      KeyedLocks<std::pair<uint32_t, uint64_t>>::Guard inode_guard(
+          &inode_locks, {(*c)->id(), next->inode}, false);
       KeyedLocks<ChunkId>::Guard chunk_guard(&chunk_locks, *next, true);
       absl::StatusOr<ChunkMeta> m = store->GetMeta(*next);
       if (!m.ok() || !m->corrupt) continue;  // gone, or repaired meanwhile
