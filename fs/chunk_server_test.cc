@@ -6,8 +6,10 @@
 #include <grpcpp/client_context.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -479,6 +481,73 @@ TEST_F(ChunkServerTest, HeadWithCorruptBaseRepairsBeforeWriting) {
   std::string want(9000, 'h');
   want.replace(8000, 3, "end");
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(ReadOk(i, id), want) << kNodes[i];
+}
+
+TEST_F(ChunkServerTest, HeadFailureMovesWritesToTheNextMember) {
+  ChunkId id{31, 0};
+  ASSERT_OK(Write(0, id, 0, "one").status());
+  servers_[0].reset();
+  cluster_->SetMemberState(1, "n1", kOffline);
+  WaitForTables();
+  EXPECT_THAT(Write(1, id, 0, "x",
+                    [&] {
+                      v1::ChainRef old = Ref();
+                      old.set_chain_version(old.chain_version() - 1);
+                      return old;
+                    }()),
+              StatusIs(absl::StatusCode::kAborted));
+  ASSERT_OK_AND_ASSIGN(v1::ChunkWriteResponse w, Write(1, id, 3, "-two"));
+  EXPECT_EQ(w.version(), 2u);
+  EXPECT_EQ(ReadOk(1, id), "one-two");
+  EXPECT_EQ(ReadOk(2, id), "one-two");
+}
+
+TEST_F(ChunkServerTest, ConcurrentWritersLeaveIdenticalReplicas) {
+  ChunkId id{32, 0};
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < 15; ++k) {
+        std::string data(1000 + 100 * t, static_cast<char>('a' + t));
+        if (!Write(0, id, (t * 700 + k * 131) % 6000, data).ok()) ++failures;
+        if (!Write(0, ChunkId{33, static_cast<uint32_t>(t)}, k, data).ok()) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (ChunkId c : {ChunkId{32, 0}, ChunkId{33, 0}, ChunkId{33, 3}}) {
+    ChunkMeta head = Meta(0, c);
+    for (size_t i = 1; i < 3; ++i) {
+      ChunkMeta m = Meta(i, c);
+      EXPECT_EQ(m.committed_version, head.committed_version) << kNodes[i];
+      EXPECT_EQ(m.checksum, head.checksum) << kNodes[i];
+      EXPECT_EQ(ReadOk(i, c), ReadOk(0, c)) << kNodes[i];
+    }
+  }
+  EXPECT_EQ(Meta(0, id).committed_version, 60u);
+}
+
+TEST_F(ChunkServerTest, MetricsEndpointServesCounters) {
+  ChunkServerOptions o;
+  o.node_id = "m1";
+  o.data_dir = dir_.Join("m1");
+  o.meta_address = cluster_->address();
+  o.store.max_chunk_size = kMax;
+  o.store.block_size = 4 << 10;
+  o.metrics_listen = "127.0.0.1:0";
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ChunkServer> s, ChunkServer::Create(o));
+  EXPECT_GT(s->metrics_port(), 0);
+  std::string text = s->metrics().Render();
+  EXPECT_THAT(text, HasSubstr("dsec_chunk_table_version"));
+  EXPECT_THAT(text, HasSubstr("dsec_chunk_repairs_total"));
+  ChunkServerOptions bad = o;
+  bad.node_id = "";
+  EXPECT_THAT(ChunkServer::Create(bad),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace
