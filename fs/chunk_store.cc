@@ -691,6 +691,35 @@ absl::Status ChunkStore::ApplyReplica(const ChunkId& id, uint64_t version,
     r.meta.id = id;
   }
 
+  ASSIGN_OR_RETURN(std::vector<uint32_t> blocks,
+                   WriteWholeFile(id, version, content));
+  uint64_t old_committed = r.meta.committed_version;
+  uint64_t old_pending = r.meta.pending_version;
+  r.meta.committed_version = version;
+  r.meta.length = content.size();
+  r.meta.checksum = checksum;
+  r.meta.corrupt = false;
+  r.blocks = std::move(blocks);
+  // A newer pending version (a chain write that raced the copy) stays.
+  const bool keep_pending = old_pending > version;
+  if (!keep_pending) {
+    r.meta.pending_version = 0;
+    r.meta.pending_length = 0;
+    r.meta.pending_checksum = 0;
+    r.pending_blocks.clear();
+  }
+  RETURN_IF_ERROR(StoreRecord(r));
+  if (old_committed && old_committed != version) {
+    ::unlink(FilePath(id, old_committed).c_str());
+  }
+  if (old_pending && old_pending != version && !keep_pending) {
+    ::unlink(FilePath(id, old_pending).c_str());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint32_t>> ChunkStore::WriteWholeFile(
+    const ChunkId& id, uint64_t version, absl::string_view content) {
   const uint64_t bs = options_.block_size;
   const std::string path = FilePath(id, version);
   const std::string tmp = path + ".replica";
@@ -715,25 +744,124 @@ absl::Status ChunkStore::ApplyReplica(const ChunkId& id, uint64_t version,
     blocks[b] = Crc(content.data() + b * bs,
                     std::min<uint64_t>(bs, content.size() - b * bs));
   }
-  uint64_t old_committed = r.meta.committed_version;
-  uint64_t old_pending = r.meta.pending_version;
-  r.meta.committed_version = version;
-  r.meta.length = content.size();
-  r.meta.checksum = checksum;
-  r.meta.corrupt = false;
-  r.blocks = std::move(blocks);
-  r.meta.pending_version = 0;
-  r.meta.pending_length = 0;
-  r.meta.pending_checksum = 0;
-  r.pending_blocks.clear();
-  RETURN_IF_ERROR(StoreRecord(r));
-  if (old_committed && old_committed != version) {
-    ::unlink(FilePath(id, old_committed).c_str());
+  return blocks;
+}
+
+absl::Status ChunkStore::StageReplace(const ChunkId& id,
+                                      absl::string_view content,
+                                      uint32_t checksum, uint64_t version) {
+  RETURN_IF_ERROR(CheckRange(id, 0, content.size()));
+  if (version == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk ", id.ToString(), ": version must be > 0"));
   }
+  if (Checksum(content) != checksum) {
+    return absl::DataLossError(absl::StrFormat(
+        "chunk %s: replacement content (%d bytes) has checksum %08x, "
+        "expected %08x",
+        id.ToString(), content.size(), Checksum(content), checksum));
+  }
+  absl::MutexLock lock(&StripeFor(id));
+  ASSIGN_OR_RETURN(std::optional<Record> loaded, LoadRecord(id));
+  Record r;
+  if (loaded) {
+    r = std::move(*loaded);
+  } else {
+    r.meta.id = id;
+  }
+  if (version <= r.meta.committed_version) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("chunk ", id.ToString(), ": stale version ", version,
+                     " (committed ", r.meta.committed_version, ")"));
+  }
+  ASSIGN_OR_RETURN(std::vector<uint32_t> blocks,
+                   WriteWholeFile(id, version, content));
+  const uint64_t old_pending = r.meta.pending_version;
+  r.meta.pending_version = version;
+  r.meta.pending_length = content.size();
+  r.meta.pending_checksum = checksum;
+  r.pending_blocks = std::move(blocks);
+  RETURN_IF_ERROR(StoreRecord(r));
   if (old_pending && old_pending != version) {
     ::unlink(FilePath(id, old_pending).c_str());
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<ChunkSnapshot> ChunkStore::ReadPending(const ChunkId& id) {
+  ASSIGN_OR_RETURN(std::optional<Record> loaded, LoadRecord(id));
+  if (!loaded || loaded->meta.pending_version == 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "chunk ", id.ToString(), loaded ? ": nothing pending" : ": not found"));
+  }
+  const Record& r = *loaded;
+  const std::string path = FilePath(id, r.meta.pending_version);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(absl::StrCat("open ", path));
+  ChunkSnapshot snap;
+  snap.version = r.meta.pending_version;
+  snap.checksum = r.meta.pending_checksum;
+  snap.content.resize(r.meta.pending_length);
+  size_t got = 0;
+  RETURN_IF_ERROR(PreadFull(fd.get(), snap.content.data(), snap.content.size(),
+                            0, &got, path));
+  if (got != snap.content.size() || Checksum(snap.content) != snap.checksum) {
+    return absl::DataLossError(absl::StrCat("chunk ", id.ToString(),
+                                            ": pending version ", snap.version,
+                                            " fails its checksum"));
+  }
+  return snap;
+}
+
+absl::StatusOr<uint64_t> ChunkStore::RemoveChunks(
+    uint64_t inode, uint32_t from_index,
+    const std::function<bool(const ChunkId&)>& filter) {
+  std::vector<ChunkId> victims;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(
+        db_->NewIterator(rocksdb::ReadOptions()));
+    for (it->Seek(Key(ChunkId{inode, from_index})); it->Valid(); it->Next()) {
+      ChunkId id;
+      if (!ParseKey(absl::string_view(it->key().data(), it->key().size()),
+                    &id) ||
+          id.inode != inode) {
+        break;
+      }
+      if (!filter || filter(id)) victims.push_back(id);
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), "list inode"));
+  }
+  uint64_t removed = 0;
+  for (const ChunkId& id : victims) {
+    absl::Status s = Remove(id);
+    if (s.ok()) {
+      ++removed;
+    } else if (!absl::IsNotFound(s)) {
+      return s;
+    }
+  }
+  return removed;
+}
+
+absl::StatusOr<ChunkStore::Usage> ChunkStore::GetUsage() const {
+  Usage usage;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(std::string(1, kKeyPrefix)); it->Valid(); it->Next()) {
+    ChunkId id;
+    if (!ParseKey(absl::string_view(it->key().data(), it->key().size()), &id)) {
+      break;
+    }
+    Record r;
+    if (!Record::Decode(
+            absl::string_view(it->value().data(), it->value().size()), &r)) {
+      continue;
+    }
+    ++usage.chunks;
+    usage.bytes += r.meta.length;
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "usage scan"));
+  return usage;
 }
 
 absl::Status ChunkStore::Recover() {

@@ -25,6 +25,12 @@
 //     chunk corrupt (GetMeta().corrupt) until ApplyReplica repairs it.
 //   - Sparse: reading past the length is a short read; writing past it
 //     zero-fills the gap.
+//   - StageReplace stages a whole-content pending version (the chain's
+//     REPLACE op). Unlike Write/Truncate it accepts a version <= the pending
+//     one: that pending version was abandoned by a failed chain write, and is
+//     dropped first. The version must still exceed the committed one.
+//   - ApplyReplica keeps a pending version newer than the one it installs
+//     (a chain write that arrived while a resync or repair was copying).
 // Recovery (Open): chunk files no record references (crashed writes, replaced
 // versions) are removed; a pending record whose file is missing is dropped; a
 // committed record whose file is missing is marked corrupt.
@@ -37,6 +43,7 @@
 #include <array>
 #include <compare>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -140,10 +147,32 @@ class ChunkStore {
       std::optional<ChunkId> after, size_t limit) const;
   // Drops the chunk (committed and pending). NOT_FOUND if unknown.
   absl::Status Remove(const ChunkId& id);
+  // Drops every chunk (inode, index >= from_index) for which `filter` (if
+  // set) returns true; returns how many. Idempotent.
+  absl::StatusOr<uint64_t> RemoveChunks(
+      uint64_t inode, uint32_t from_index,
+      const std::function<bool(const ChunkId&)>& filter = nullptr);
+  // Stages `content` (CRC32 `checksum`) as pending `version`, replacing any
+  // pending version (see the header comment). DATA_LOSS on a checksum
+  // mismatch; FAILED_PRECONDITION if version <= committed; INVALID_ARGUMENT
+  // for version 0 or content over max_chunk_size. Creates the chunk.
+  absl::Status StageReplace(const ChunkId& id, absl::string_view content,
+                            uint32_t checksum, uint64_t version);
+  // The whole pending content with its version, verified against its block
+  // CRCs (what a chain member re-sends as REPLACE). NOT_FOUND if the chunk
+  // is unknown or has no pending version; DATA_LOSS on a mismatch.
+  absl::StatusOr<ChunkSnapshot> ReadPending(const ChunkId& id);
+  // Number of chunks and bytes of committed content (a full metadata scan).
+  struct Usage {
+    uint64_t chunks = 0;
+    uint64_t bytes = 0;
+  };
+  absl::StatusOr<Usage> GetUsage() const;
   // Installs `content` as committed `version` from a replica (repair/resync),
-  // dropping any pending version. DATA_LOSS if CRC32(content) != checksum;
-  // FAILED_PRECONDITION if version < committed, or == committed on a healthy
-  // chunk with different content. Creates the chunk if unknown.
+  // dropping any pending version <= `version` (a newer one is kept). DATA_LOSS
+  // if CRC32(content) != checksum; FAILED_PRECONDITION if version < committed,
+  // or == committed on a healthy chunk with different content. Creates the
+  // chunk if unknown.
   absl::Status ApplyReplica(const ChunkId& id, uint64_t version,
                             absl::string_view content, uint32_t checksum);
 
@@ -180,6 +209,10 @@ class ChunkStore {
   void MarkCorruptLocked(const ChunkId& id, uint64_t version,
                          uint32_t checksum);
   absl::Status SyncDir(const std::string& file_path) const;
+  // Writes `content` to FilePath(id, version) (via a temporary file, synced)
+  // and returns its per-block CRCs.
+  absl::StatusOr<std::vector<uint32_t>> WriteWholeFile(
+      const ChunkId& id, uint64_t version, absl::string_view content);
 
   const ChunkStoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;

@@ -292,6 +292,101 @@ TEST_F(ChunkStoreTest, ApplyReplicaInstallsNewChunksAndNewerVersions) {
   EXPECT_EQ(ChunkFiles(dir_.path()).size(), 1u);
 }
 
+TEST_F(ChunkStoreTest, ApplyReplicaKeepsNewerPendingVersion) {
+  ChunkId id{6, 1};
+  ASSERT_OK(store_->Write(id, 0, "first", 1));
+  ASSERT_OK(store_->Commit(id, 1));
+  ASSERT_OK(store_->Write(id, 0, "racing write", 3));
+  ASSERT_OK(
+      store_->ApplyReplica(id, 2, "synced", ChunkStore::Checksum("synced")));
+  absl::StatusOr<ChunkMeta> meta = store_->GetMeta(id);
+  ASSERT_OK(meta.status());
+  EXPECT_EQ(meta->committed_version, 2u);
+  EXPECT_EQ(meta->pending_version, 3u);
+  EXPECT_EQ(ReadAll(id), "synced");
+  ASSERT_OK(store_->Commit(id, 3));
+  EXPECT_EQ(ReadAll(id), "racing write");
+  EXPECT_EQ(ChunkFiles(dir_.path()).size(), 1u);
+}
+
+TEST_F(ChunkStoreTest, StageReplaceDropsAbandonedPendingAndCommits) {
+  ChunkId id{8, 2};
+  ASSERT_OK(store_->Write(id, 0, "committed", 1));
+  ASSERT_OK(store_->Commit(id, 1));
+  ASSERT_OK(store_->Write(id, 0, "abandoned", 5));
+  // A version below the abandoned pending one is accepted.
+  ASSERT_OK(
+      store_->StageReplace(id, "whole", ChunkStore::Checksum("whole"), 4));
+  absl::StatusOr<ChunkMeta> meta = store_->GetMeta(id);
+  ASSERT_OK(meta.status());
+  EXPECT_EQ(meta->pending_version, 4u);
+  EXPECT_EQ(meta->pending_length, 5u);
+  EXPECT_EQ(ReadAll(id), "committed");
+  absl::StatusOr<ChunkSnapshot> pending = store_->ReadPending(id);
+  ASSERT_OK(pending.status());
+  EXPECT_EQ(pending->version, 4u);
+  EXPECT_EQ(pending->content, "whole");
+  ASSERT_OK(store_->Commit(id, 4));
+  EXPECT_EQ(ReadAll(id), "whole");
+  EXPECT_EQ(ChunkFiles(dir_.path()).size(), 1u);
+  // Same version as pending: replaced in place.
+  ASSERT_OK(
+      store_->StageReplace(id, "again", ChunkStore::Checksum("again"), 6));
+  ASSERT_OK(
+      store_->StageReplace(id, "again2", ChunkStore::Checksum("again2"), 6));
+  ASSERT_OK(store_->Commit(id, 6));
+  EXPECT_EQ(ReadAll(id), "again2");
+  // Versions must exceed the committed one; checksums must match.
+  EXPECT_THAT(store_->StageReplace(id, "x", ChunkStore::Checksum("x"), 6),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(store_->StageReplace(id, "x", 1234, 7),
+              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(store_->StageReplace(id, "x", ChunkStore::Checksum("x"), 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  std::string big(kMax + 1, 'b');
+  EXPECT_THAT(store_->StageReplace(id, big, ChunkStore::Checksum(big), 9),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store_->ReadPending(id), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store_->ReadPending(ChunkId{99, 0}),
+              StatusIs(absl::StatusCode::kNotFound));
+  // A new chunk can be created by StageReplace; survives a reopen.
+  ChunkId fresh{9, 0};
+  ASSERT_OK(store_->StageReplace(fresh, "new", ChunkStore::Checksum("new"), 3));
+  Reopen();
+  ASSERT_OK(store_->Commit(fresh, 3));
+  EXPECT_EQ(ReadAll(fresh), "new");
+}
+
+TEST_F(ChunkStoreTest, RemoveChunksDropsIndexesFromOnwardsMatchingFilter) {
+  for (uint32_t i = 0; i < 6; ++i) {
+    ASSERT_OK(store_->Write({5, i}, 0, "x", 1));
+    ASSERT_OK(store_->Commit({5, i}, 1));
+  }
+  ASSERT_OK(store_->Write({4, 9}, 0, "y", 1));
+  ASSERT_OK(store_->Write({6, 0}, 0, "z", 1));
+  absl::StatusOr<uint64_t> removed = store_->RemoveChunks(
+      5, 2, [](const ChunkId& id) { return id.index != 4; });
+  ASSERT_OK(removed.status());
+  EXPECT_EQ(*removed, 3u);  // 2, 3, 5
+  absl::StatusOr<std::vector<ChunkMeta>> all =
+      store_->ListChunks(std::nullopt, 100);
+  ASSERT_OK(all.status());
+  std::vector<ChunkId> left;
+  for (const ChunkMeta& m : *all) left.push_back(m.id);
+  EXPECT_EQ(left,
+            (std::vector<ChunkId>{{4, 9}, {5, 0}, {5, 1}, {5, 4}, {6, 0}}));
+  removed = store_->RemoveChunks(5, 0);
+  ASSERT_OK(removed.status());
+  EXPECT_EQ(*removed, 3u);
+  removed = store_->RemoveChunks(5, 0);
+  ASSERT_OK(removed.status());
+  EXPECT_EQ(*removed, 0u);
+  absl::StatusOr<ChunkStore::Usage> usage = store_->GetUsage();
+  ASSERT_OK(usage.status());
+  EXPECT_EQ(usage->chunks, 2u);
+  EXPECT_EQ(usage->bytes, 0u);  // nothing committed on those two
+}
+
 TEST_F(ChunkStoreTest, ListChunksPagesInIdOrderAndRemoveDrops) {
   std::vector<ChunkId> ids = {{1, 5}, {1, 0}, {2, 0}, {1ull << 40, 1}, {0, 9}};
   uint64_t v = 1;

@@ -1,0 +1,58 @@
+// dsec-chunk: flags -> ChunkServerOptions -> ChunkServer; SIGTERM or SIGINT
+// shuts down cleanly and exits 0.
+#include <csignal>
+#include <cstdint>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "common/logging.h"
+#include "fs/chunk_server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:9500", "gRPC listen address");
+ABSL_FLAG(std::string, advertise, "",
+          "address registered with the meta server; empty: listen host:port");
+ABSL_FLAG(std::string, node_id, "", "stable chunk server name (required)");
+ABSL_FLAG(std::string, data_dir, "/var/lib/dsec/chunk", "chunk store dir");
+ABSL_FLAG(std::string, meta, "127.0.0.1:9400",
+          "meta server (FsClusterService) host:port");
+ABSL_FLAG(uint32_t, max_chunk_size, 4 << 20, "largest chunk in bytes");
+ABSL_FLAG(bool, sync, true, "fsync chunk data and metadata");
+ABSL_FLAG(std::string, metrics_listen, "", "Prometheus host:port; empty: off");
+ABSL_FLAG(std::string, log_level, "info", "log level");
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  std::string level = absl::GetFlag(FLAGS_log_level);
+  (void)dsec::InitLogging({level, "chunk"});
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // threads inherit
+
+  dsec::fs::ChunkServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.advertise_address = absl::GetFlag(FLAGS_advertise);
+  options.node_id = absl::GetFlag(FLAGS_node_id);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.meta_address = absl::GetFlag(FLAGS_meta);
+  options.store.max_chunk_size = absl::GetFlag(FLAGS_max_chunk_size);
+  if (options.store.max_chunk_size % options.store.block_size != 0) {
+    options.store.block_size = options.store.max_chunk_size;
+  }
+  options.store.sync = absl::GetFlag(FLAGS_sync);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+
+  auto server = dsec::fs::ChunkServer::Create(options);
+  if (!server.ok()) {
+    DSEC_LOG_ERROR("dsec-chunk: {}", server.status().ToString());
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&signals, &sig);
+  DSEC_LOG_INFO("dsec-chunk: signal {}, shutting down", sig);
+  (*server)->Shutdown();
+  return 0;
+}
