@@ -313,7 +313,6 @@ void FuseMount::Impl::StartPrefetch(FileHandle& h, uint64_t off,
 void FuseMount::Impl::Init(void* userdata, fuse_conn_info* conn) {
   Impl* self = static_cast<Impl*>(userdata);
   conn->max_write = self->options_.max_io_bytes;
-  conn->max_read = self->options_.max_io_bytes;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) {
     conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   }
