@@ -152,6 +152,48 @@ struct ChunkServer::Impl {
 
   KeyedLocks<ChunkId> chunk_locks;
   KeyedLocks<std::pair<uint32_t, uint64_t>> inode_locks;  // (chain, inode)
+  // Mutations in flight by (chain, chain version of the request),
+  // registered before the version check and dropped when done, so a sync
+  // listing can wait for every write admitted under an older version (see
+  // ListChunks) without stopping new ones.
+  absl::Mutex inflight_mu;
+  std::map<std::pair<uint32_t, uint64_t>, int> inflight
+      ABSL_GUARDED_BY(inflight_mu);
+
+  class InflightGuard {
+   public:
+    InflightGuard(Impl* impl, const v1::ChainRef& ref)
+        : impl_(impl), key_(ref.chain_id(), ref.chain_version()) {
+      absl::MutexLock lock(&impl_->inflight_mu);
+      ++impl_->inflight[key_];
+    }
+    ~InflightGuard() {
+      absl::MutexLock lock(&impl_->inflight_mu);
+      auto it = impl_->inflight.find(key_);
+      if (--it->second == 0) impl_->inflight.erase(it);
+    }
+
+   private:
+    Impl* impl_;
+    std::pair<uint32_t, uint64_t> key_;
+  };
+
+  // Waits until no mutation of `chain_id` admitted under a version below
+  // `version` is in flight.
+  absl::Status DrainOlder(uint32_t chain_id, uint64_t version) {
+    auto none_older = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(inflight_mu) {
+      auto it = inflight.lower_bound({chain_id, 0});
+      return it == inflight.end() || it->first.first != chain_id ||
+             it->first.second >= version;
+    };
+    absl::MutexLock lock(&inflight_mu);
+    if (!inflight_mu.AwaitWithTimeout(absl::Condition(&none_older),
+                                      absl::Seconds(30))) {
+      return absl::UnavailableError(absl::StrCat(
+          "writes of chain ", chain_id, " under older versions still running"));
+    }
+    return absl::OkStatus();
+  }
 
   std::atomic<bool> stopping{false};
   absl::Mutex wait_mu;  // for interruptible sleeps
@@ -417,6 +459,7 @@ struct ChunkServer::Impl {
     RETURN_IF_ERROR(CheckInput(
         id.inode, f.op() == v1::FORWARD_OP_WRITE ? f.offset() : f.length(),
         f.op() == v1::FORWARD_OP_WRITE ? f.data().size() : 0));
+    InflightGuard inflight_guard(this, ref);
     ASSIGN_OR_RETURN(Route r, RouteFor(ref));
     RETURN_IF_ERROR(CheckMapsTo(r, id));
     RETURN_IF_ERROR(CheckHead(*r.chain));
@@ -485,6 +528,7 @@ struct ChunkServer::Impl {
                       v1::ChunkRemoveResponse* resp) {
     absl::Status s = [&]() -> absl::Status {
       if (req.inode() == 0) return absl::InvalidArgumentError("inode 0");
+      InflightGuard inflight_guard(this, req.chain());
       ASSIGN_OR_RETURN(Route r, RouteFor(req.chain()));
       RETURN_IF_ERROR(CheckHead(*r.chain));
       KeyedLocks<std::pair<uint32_t, uint64_t>>::Guard inode_guard(
@@ -537,6 +581,7 @@ struct ChunkServer::Impl {
     } else if (id.inode == 0) {
       return absl::InvalidArgumentError("inode 0 is invalid");
     }
+    InflightGuard inflight_guard(this, req.chain());
     ASSIGN_OR_RETURN(Route r, RouteFor(req.chain()));
     std::vector<std::string> order = WriteOrder(*r.chain);
     auto pos = std::find(order.begin(), order.end(), options.node_id);
@@ -633,6 +678,17 @@ struct ChunkServer::Impl {
     if (FindChain(*t, req.chain_id()) == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown chain ", req.chain_id()));
+    }
+    if (req.chain_version() != 0) {
+      // A sync listing: we must route by the same chain version as the
+      // syncing member (so every new write reaches it), and writes admitted
+      // under an older version must be done (their effect is then listed).
+      v1::ChainRef ref;
+      ref.set_chain_id(req.chain_id());
+      ref.set_chain_version(req.chain_version());
+      ASSIGN_OR_RETURN(Route r, RouteFor(ref));
+      t = r.table;
+      RETURN_IF_ERROR(DrainOlder(req.chain_id(), req.chain_version()));
     }
     const size_t limit =
         req.limit() == 0 ? 1000 : std::min<size_t>(req.limit(), 10000);
@@ -835,11 +891,13 @@ struct ChunkServer::Impl {
 
   absl::StatusOr<v1::ListChunksResponse> ListPeer(
       v1::FsChunkService::Stub* stub, uint32_t chain_id,
-      const std::optional<ChunkId>& after, uint32_t limit) {
+      const std::optional<ChunkId>& after, uint32_t limit,
+      uint64_t chain_version = 0) {
     grpc::ClientContext ctx;
     SetDeadline(ctx);
     v1::ListChunksRequest req;
     req.set_chain_id(chain_id);
+    req.set_chain_version(chain_version);
     if (after) *req.mutable_after() = RefOf(*after);
     req.set_limit(limit);
     v1::ListChunksResponse resp;
@@ -910,8 +968,9 @@ struct ChunkServer::Impl {
     // Pass 1: copy what the source has newer.
     std::optional<ChunkId> after;
     while (true) {
-      ASSIGN_OR_RETURN(v1::ListChunksResponse page,
-                       ListPeer(stub.get(), chain.id(), after, 1000));
+      ASSIGN_OR_RETURN(
+          v1::ListChunksResponse page,
+          ListPeer(stub.get(), chain.id(), after, 1000, chain.version()));
       for (const v1::ChunkInfo& info : page.chunks()) {
         if (stopping) return absl::CancelledError("shutting down");
         after = IdOf(info.chunk());
@@ -925,8 +984,9 @@ struct ChunkServer::Impl {
     std::set<ChunkId> theirs;
     after.reset();
     while (true) {
-      ASSIGN_OR_RETURN(v1::ListChunksResponse page,
-                       ListPeer(stub.get(), chain.id(), after, 1000));
+      ASSIGN_OR_RETURN(
+          v1::ListChunksResponse page,
+          ListPeer(stub.get(), chain.id(), after, 1000, chain.version()));
       for (const v1::ChunkInfo& info : page.chunks()) {
         after = IdOf(info.chunk());
         theirs.insert(*after);

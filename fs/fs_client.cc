@@ -459,11 +459,16 @@ absl::Status FsClient::ReadChunk(const FileRef& file, const ChunkSpan& span,
       start = read_rotor_++;
       ++stats_.chunk_reads;
     }
+    // NOT_FOUND means a hole only if every replica that answers agrees: a
+    // replica that lost a chunk must not turn acknowledged data into zeros.
+    int not_found = 0;
+    int failed = 0;
     for (size_t k = 0; k < replicas.size(); ++k) {
       const std::string& node = replicas[(start + k) % replicas.size()];
       absl::StatusOr<std::string> address = AddressOf(*table, node);
       if (!address.ok()) {
         last = absl::UnavailableError(address.status().message());
+        ++failed;
         continue;
       }
       grpc::ClientContext context;
@@ -472,8 +477,8 @@ absl::Status FsClient::ReadChunk(const FileRef& file, const ChunkSpan& span,
       absl::Status status = FromGrpcFsStatus(
           context, ChunkStub(*address)->Read(&context, request, &reply));
       if (absl::IsNotFound(status)) {
-        // A hole: never written (or removed); zeros already in `out`.
-        return absl::OkStatus();
+        ++not_found;
+        continue;
       }
       if (status.ok()) {
         size_t n = std::min<size_t>(reply.data().size(), span.length);
@@ -482,9 +487,14 @@ absl::Status FsClient::ReadChunk(const FileRef& file, const ChunkSpan& span,
         return absl::OkStatus();
       }
       last = status;
+      ++failed;
       if (!Retryable(status) && !absl::IsDataLoss(status)) return status;
       absl::MutexLock lock(&mu_);
       ++stats_.replica_failovers;
+    }
+    if (not_found > 0 && failed == 0) {
+      // Every replica said NOT_FOUND: a hole; zeros already in `out`.
+      return absl::OkStatus();
     }
     // Every replica failed (or lost data): refresh the table and retry.
     if (absl::IsDataLoss(last)) last = absl::UnavailableError(last.message());
