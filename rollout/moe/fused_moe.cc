@@ -1,0 +1,257 @@
+// Schedule of one Forward (task order = claim order, see thread_pool.h):
+//
+//   [shared-expert tiles] [copy wave 0] [copy wave 1][tiles wave 0]
+//   [copy wave 2][tiles wave 1] ... [tiles wave last]
+//
+// Copies never wait; a tile of wave w spins until all copies of wave w are
+// done. Since tasks are claimed in index order, every copy a tile waits on
+// has already been claimed by a running worker: no deadlock, and with one
+// worker the order is simply sequential.
+//
+// Accumulation: each tile writes weight * (GEMM2 partial) into its worker's
+// accumulator rows. A row is stored (not added) the first time that worker
+// touches the token, so accumulators never need clearing; the final
+// reduction sums the touched rows of all workers into the output and resets
+// the flags.
+#include "rollout/moe/fused_moe.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "common/status_macros.h"
+
+namespace dsec::moe {
+namespace {
+
+constexpr int64_t kRowTile = 48;        // gathered rows per compute tile
+constexpr int64_t kCopyRows = 128;      // rows per dispatch task
+constexpr int64_t kTokenBlock = 16;     // tokens per reduction task
+constexpr int64_t kMinChunkPanels = 4;  // >= 32 intermediate columns
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FusedMoe>> FusedMoe::Create(
+    std::shared_ptr<const MoeWeights> weights, const MoeRunOptions& options) {
+  if (weights == nullptr) {
+    return absl::InvalidArgumentError("fused moe: null weights");
+  }
+  RETURN_IF_ERROR(ValidateMoeConfig(weights->config()));
+  RETURN_IF_ERROR(ValidateRunOptions(weights->config(), options));
+  ASSIGN_OR_RETURN(std::unique_ptr<ThreadPool> pool,
+                   ThreadPool::Create(options.num_threads));
+  return std::unique_ptr<FusedMoe>(
+      new FusedMoe(*weights, options, std::move(pool)));
+}
+
+FusedMoe::FusedMoe(const MoeWeights& weights, const MoeRunOptions& options,
+                   std::unique_ptr<ThreadPool> pool)
+    : config_(weights.config()),
+      options_(options),
+      router_(weights),
+      packed_(weights),
+      pool_(std::move(pool)),
+      acc_(options.num_threads),
+      touched_(options.num_threads),
+      act_(options.num_threads) {
+  for (auto& a : act_) a.resize(kRowTile * packed_.act_width);
+}
+
+void FusedMoe::BuildSchedule(int64_t t_count) {
+  const int64_t e_count = config_.num_experts, ranks = options_.num_ranks;
+  const int64_t local = e_count / ranks;
+  const int64_t wave_experts =
+      options_.wave_experts > 0
+          ? std::min<int64_t>(options_.wave_experts, local)
+          : std::max<int64_t>(1, local / 4);
+  num_waves_ = CeilDiv(local, wave_experts);
+
+  // Split the intermediate dimension when there are too few row tiles to
+  // keep every worker busy (small batches).
+  int64_t row_tiles = config_.num_shared_experts * CeilDiv(t_count, kRowTile);
+  for (int64_t e = 0; e < e_count; ++e) {
+    row_tiles +=
+        CeilDiv(plan_.expert_begin[e + 1] - plan_.expert_begin[e], kRowTile);
+  }
+  const int64_t ap = packed_.act_panels;
+  const int64_t max_chunks = std::max<int64_t>(1, ap / kMinChunkPanels);
+  const int64_t chunks = std::clamp<int64_t>(
+      CeilDiv(8 * options_.num_threads, std::max<int64_t>(1, row_tiles)), 1,
+      max_chunks);
+
+  tasks_.clear();
+  auto push_tiles = [&](int32_t wave, int32_t expert, int64_t rows) {
+    for (int64_t r = 0; r < rows; r += kRowTile) {
+      for (int64_t c = 0; c < chunks; ++c) {
+        tasks_.push_back({false, wave, expert, r, std::min(kRowTile, rows - r),
+                          ap * c / chunks, ap * (c + 1) / chunks});
+      }
+    }
+  };
+  auto wave_experts_of = [&](int64_t rank, int64_t w) {
+    const int64_t lo = rank * local + w * wave_experts;
+    return std::make_pair(lo,
+                          std::min(rank * local + local, lo + wave_experts));
+  };
+  wave_copies_.assign(num_waves_, 0);
+  auto push_copies = [&](int64_t w) {
+    for (int64_t r = 0; r < ranks; ++r) {
+      auto [lo, hi] = wave_experts_of(r, w);
+      const int64_t b = plan_.expert_begin[lo], e = plan_.expert_begin[hi];
+      for (int64_t p = b; p < e; p += kCopyRows) {
+        tasks_.push_back({true, static_cast<int32_t>(w), -1, p,
+                          std::min(kCopyRows, e - p), 0, 0});
+        ++wave_copies_[w];
+      }
+    }
+  };
+
+  for (int64_t s = 0; s < config_.num_shared_experts; ++s) {
+    push_tiles(-1, static_cast<int32_t>(-1 - s), t_count);
+  }
+  push_copies(0);
+  for (int64_t w = 0; w < num_waves_; ++w) {
+    if (w + 1 < num_waves_) push_copies(w + 1);
+    for (int64_t r = 0; r < ranks; ++r) {
+      auto [lo, hi] = wave_experts_of(r, w);
+      for (int64_t e = lo; e < hi; ++e) {
+        const int64_t n = plan_.expert_begin[e + 1] - plan_.expert_begin[e];
+        if (n > 0)
+          push_tiles(static_cast<int32_t>(w), static_cast<int32_t>(e), n);
+      }
+    }
+  }
+  wave_done_.reset(new std::atomic<int>[num_waves_]);
+  for (int64_t w = 0; w < num_waves_; ++w) wave_done_[w].store(0);
+}
+
+void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
+  const int64_t h = config_.hidden;
+  if (t.dispatch) {
+    for (int64_t p = t.row0; p < t.row0 + t.rows; ++p) {
+      std::memcpy(recv_.data() + p * h, hidden + plan_.pair_token[p] * h,
+                  h * sizeof(float));
+    }
+    wave_done_[t.wave].fetch_add(1, std::memory_order_release);
+    return;
+  }
+  if (t.wave >= 0) {
+    while (wave_done_[t.wave].load(std::memory_order_acquire) <
+           wave_copies_[t.wave]) {
+      std::this_thread::yield();
+    }
+  }
+
+  // Rows of this tile: A, and per row the token and combine weight.
+  const PackedExpert* pe;
+  const float* a;
+  int64_t pair0 = -1;
+  if (t.expert >= 0) {
+    pe = &packed_.experts[t.expert];
+    pair0 = plan_.expert_begin[t.expert] + t.row0;
+    a = recv_.data() + pair0 * h;
+  } else {
+    pe = &packed_.shared[-1 - t.expert];
+    a = hidden + t.row0 * h;
+  }
+  int32_t token[kRowTile];
+  float weight[kRowTile];
+  bool first[kRowTile];
+  uint8_t* touched = touched_[worker].data();
+  for (int64_t r = 0; r < t.rows; ++r) {
+    token[r] = pair0 >= 0 ? plan_.pair_token[pair0 + r]
+                          : static_cast<int32_t>(t.row0 + r);
+    weight[r] = pair0 >= 0 ? plan_.pair_weight[pair0 + r] : 1.0f;
+    first[r] = !touched[token[r]];
+    touched[token[r]] = 1;
+  }
+
+  // GEMM1 over panels [p0, p1) with SwiGLU in the epilogue -> act tile.
+  constexpr int kHalf = kNr / 2;
+  float* act = act_[worker].data();
+  const int64_t alda = (t.p1 - t.p0) * kHalf;
+  for (int64_t p = t.p0; p < t.p1; ++p) {
+    GemmPanel(t.rows, a, h, pe->gate_up, p, 0, h,
+              [&](int64_t r0, int mr, const float* tile) {
+                for (int i = 0; i < mr; ++i) {
+                  float* dst = act + (r0 + i) * alda + (p - t.p0) * kHalf;
+                  const float* g = tile + i * kNr;
+                  for (int j = 0; j < kHalf; ++j) {
+                    dst[j] = SwiGlu(g[j], g[kHalf + j]);
+                  }
+                }
+              });
+  }
+
+  // GEMM2 over the same intermediate range (split-K), weighted combine into
+  // this worker's accumulator in the epilogue.
+  const int64_t k0 = t.p0 * kHalf;
+  const int64_t k1 = std::min(t.p1 * kHalf, config_.intermediate);
+  float* acc = acc_[worker].data();
+  const int64_t hp = CeilDiv(h, kNr);
+  for (int64_t q = 0; q < hp; ++q) {
+    const int cols = static_cast<int>(std::min<int64_t>(kNr, h - q * kNr));
+    GemmPanel(t.rows, act, alda, pe->down, q, k0, k1,
+              [&](int64_t r0, int mr, const float* tile) {
+                for (int i = 0; i < mr; ++i) {
+                  const int64_t r = r0 + i;
+                  float* dst = acc + token[r] * h + q * kNr;
+                  const float w = weight[r];
+                  const float* src = tile + i * kNr;
+                  if (first[r]) {
+                    for (int j = 0; j < cols; ++j) dst[j] = w * src[j];
+                  } else {
+                    for (int j = 0; j < cols; ++j) dst[j] += w * src[j];
+                  }
+                }
+              });
+  }
+}
+
+absl::StatusOr<MoeOutput> FusedMoe::Forward(const MoeInput& in) {
+  RETURN_IF_ERROR(ValidateForwardInput(config_, in.hidden, in.num_tokens,
+                                       in.token_ids, in.forced_routing));
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t t_count = in.num_tokens, h = config_.hidden;
+  MoeOutput out;
+  out.routing =
+      in.forced_routing != nullptr
+          ? *in.forced_routing
+          : router_.Route(in.hidden, t_count, in.token_ids, pool_.get());
+  out.hidden.resize(t_count * h);
+  if (t_count == 0) return out;
+
+  plan_.Build(out.routing, config_.num_experts);
+  recv_.resize(plan_.num_pairs() * h);
+  for (int w = 0; w < options_.num_threads; ++w) {
+    if (static_cast<int64_t>(acc_[w].size()) < t_count * h) {
+      acc_[w].resize(t_count * h);
+      touched_[w].resize(t_count, 0);
+    }
+  }
+  BuildSchedule(t_count);
+
+  const float* hidden = in.hidden.data();
+  pool_->ParallelFor(tasks_.size(), [&](int64_t i, int worker) {
+    RunTask(tasks_[i], worker, hidden);
+  });
+
+  // Combine: sum the workers' accumulators per token (fixed worker order).
+  pool_->ParallelFor(CeilDiv(t_count, kTokenBlock), [&](int64_t b, int) {
+    for (int64_t t = b * kTokenBlock;
+         t < std::min(t_count, (b + 1) * kTokenBlock); ++t) {
+      float* y = out.hidden.data() + t * h;
+      for (int w = 0; w < options_.num_threads; ++w) {
+        if (!touched_[w][t]) continue;
+        const float* src = acc_[w].data() + t * h;
+        for (int64_t c = 0; c < h; ++c) y[c] += src[c];
+        touched_[w][t] = 0;
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace dsec::moe
