@@ -1,6 +1,6 @@
 // Schedule of one Forward (task order = claim order, see thread_pool.h):
 //
-//   [shared-expert tiles] [copy wave 0] [copy wave 1][tiles wave 0]
+//   [copy wave 0 + shared input] [copy wave 1][shared tiles][tiles wave 0]
 //   [copy wave 2][tiles wave 1] ... [tiles wave last]
 //
 // Copies never wait; a tile of wave w spins until all copies of wave w are
@@ -56,7 +56,7 @@ FusedMoe::FusedMoe(const MoeWeights& weights, const MoeRunOptions& options,
       acc_(options.num_threads),
       touched_(options.num_threads),
       act_(options.num_threads) {
-  for (auto& a : act_) a.resize(kRowTile * packed_.act_width);
+  for (auto& a : act_) a.resize(kRowTile * PaddedStride(packed_.act_width));
 }
 
 void FusedMoe::BuildSchedule(int64_t t_count) {
@@ -97,23 +97,32 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
   };
   wave_copies_.assign(num_waves_, 0);
   auto push_copies = [&](int64_t w) {
+    if (w == 0 && config_.num_shared_experts > 0) {
+      for (int64_t t = 0; t < t_count; t += kCopyRows) {
+        tasks_.push_back(
+            {true, 0, -1, t, std::min(kCopyRows, t_count - t), 0, 0});
+        ++wave_copies_[0];
+      }
+    }
     for (int64_t r = 0; r < ranks; ++r) {
       auto [lo, hi] = wave_experts_of(r, w);
       const int64_t b = plan_.expert_begin[lo], e = plan_.expert_begin[hi];
       for (int64_t p = b; p < e; p += kCopyRows) {
-        tasks_.push_back({true, static_cast<int32_t>(w), -1, p,
+        tasks_.push_back({true, static_cast<int32_t>(w), 0, p,
                           std::min(kCopyRows, e - p), 0, 0});
         ++wave_copies_[w];
       }
     }
   };
 
-  for (int64_t s = 0; s < config_.num_shared_experts; ++s) {
-    push_tiles(-1, static_cast<int32_t>(-1 - s), t_count);
-  }
   push_copies(0);
   for (int64_t w = 0; w < num_waves_; ++w) {
     if (w + 1 < num_waves_) push_copies(w + 1);
+    if (w == 0) {
+      for (int64_t s = 0; s < config_.num_shared_experts; ++s) {
+        push_tiles(0, static_cast<int32_t>(-1 - s), t_count);
+      }
+    }
     for (int64_t r = 0; r < ranks; ++r) {
       auto [lo, hi] = wave_experts_of(r, w);
       for (int64_t e = lo; e < hi; ++e) {
@@ -131,13 +140,18 @@ void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
   const int64_t h = config_.hidden;
   if (t.dispatch) {
     for (int64_t p = t.row0; p < t.row0 + t.rows; ++p) {
-      std::memcpy(recv_.data() + p * h, hidden + plan_.pair_token[p] * h,
-                  h * sizeof(float));
+      if (t.expert < 0) {
+        std::memcpy(shared_in_.data() + p * stride_, hidden + p * h,
+                    h * sizeof(float));
+      } else {
+        std::memcpy(recv_.data() + p * stride_,
+                    hidden + plan_.pair_token[p] * h, h * sizeof(float));
+      }
     }
     wave_done_[t.wave].fetch_add(1, std::memory_order_release);
     return;
   }
-  if (t.wave >= 0) {
+  {
     while (wave_done_[t.wave].load(std::memory_order_acquire) <
            wave_copies_[t.wave]) {
       std::this_thread::yield();
@@ -151,10 +165,10 @@ void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
   if (t.expert >= 0) {
     pe = &packed_.experts[t.expert];
     pair0 = plan_.expert_begin[t.expert] + t.row0;
-    a = recv_.data() + pair0 * h;
+    a = recv_.data() + pair0 * stride_;
   } else {
     pe = &packed_.shared[-1 - t.expert];
-    a = hidden + t.row0 * h;
+    a = shared_in_.data() + t.row0 * stride_;
   }
   int32_t token[kRowTile];
   float weight[kRowTile];
@@ -171,9 +185,9 @@ void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
   // GEMM1 over panels [p0, p1) with SwiGLU in the epilogue -> act tile.
   constexpr int kHalf = kNr / 2;
   float* act = act_[worker].data();
-  const int64_t alda = (t.p1 - t.p0) * kHalf;
+  const int64_t alda = PaddedStride((t.p1 - t.p0) * kHalf);
   for (int64_t p = t.p0; p < t.p1; ++p) {
-    GemmPanel(t.rows, a, h, pe->gate_up, p, 0, h,
+    GemmPanel(t.rows, a, stride_, pe->gate_up, p, 0, h,
               [&](int64_t r0, int mr, const float* tile) {
                 for (int i = 0; i < mr; ++i) {
                   float* dst = act + (r0 + i) * alda + (p - t.p0) * kHalf;
@@ -224,7 +238,9 @@ absl::StatusOr<MoeOutput> FusedMoe::Forward(const MoeInput& in) {
   if (t_count == 0) return out;
 
   plan_.Build(out.routing, config_.num_experts);
-  recv_.resize(plan_.num_pairs() * h);
+  stride_ = PaddedStride(h);
+  recv_.resize(plan_.num_pairs() * stride_);
+  shared_in_.resize(config_.num_shared_experts > 0 ? t_count * stride_ : 0);
   for (int w = 0; w < options_.num_threads; ++w) {
     if (static_cast<int64_t>(acc_[w].size()) < t_count * h) {
       acc_[w].resize(t_count * h);

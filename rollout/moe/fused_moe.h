@@ -67,7 +67,9 @@ class FusedMoe : public MoeLayer {
 
   std::mutex mu_;  // guards the scratch below for one Forward
   DispatchPlan plan_;
-  std::vector<float> recv_;  // [pairs x H], rank receive buffers back to back
+  int64_t stride_ = 0;            // row stride of recv_ and shared_in_
+  std::vector<float> recv_;       // [pairs x stride_], rank receive buffers
+  std::vector<float> shared_in_;  // [T x stride_], shared experts' input
   std::vector<Task> tasks_;
   std::vector<int> wave_copies_;  // dispatch tasks per wave
   std::unique_ptr<std::atomic<int>[]> wave_done_;

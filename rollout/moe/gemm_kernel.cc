@@ -25,9 +25,10 @@ float Widen(B v) {
 
 template <typename B>
 void MicroKernelScalar(int mr, int64_t k, const float* a, int64_t lda,
-                       const B* panel, float* c) {
+                       const B* panel, float* c, bool accumulate) {
   for (int i = 0; i < mr; ++i) {
     float acc[kNr] = {};
+    if (accumulate) std::copy(c + i * kNr, c + (i + 1) * kNr, acc);
     for (int64_t kk = 0; kk < k; ++kk) {
       const float av = a[i * lda + kk];
       for (int j = 0; j < kNr; ++j) {
@@ -76,15 +77,19 @@ PackedMatrix Pack(const WeightMatrix& w, int64_t n, int64_t panels,
 bool MicroKernelIsAvx2() { return kUseAvx2; }
 
 void MicroKernel(int mr, int64_t k, const float* a, int64_t lda,
-                 const float* panel, float* c) {
-  if (kUseAvx2) return internal::MicroKernelAvx2(mr, k, a, lda, panel, c);
-  MicroKernelScalar(mr, k, a, lda, panel, c);
+                 const float* panel, float* c, bool accumulate) {
+  if (kUseAvx2) {
+    return internal::MicroKernelAvx2(mr, k, a, lda, panel, c, accumulate);
+  }
+  MicroKernelScalar(mr, k, a, lda, panel, c, accumulate);
 }
 
 void MicroKernel(int mr, int64_t k, const float* a, int64_t lda,
-                 const uint16_t* panel, float* c) {
-  if (kUseAvx2) return internal::MicroKernelAvx2(mr, k, a, lda, panel, c);
-  MicroKernelScalar(mr, k, a, lda, panel, c);
+                 const uint16_t* panel, float* c, bool accumulate) {
+  if (kUseAvx2) {
+    return internal::MicroKernelAvx2(mr, k, a, lda, panel, c, accumulate);
+  }
+  MicroKernelScalar(mr, k, a, lda, panel, c, accumulate);
 }
 
 PackedMatrix PackWeight(const WeightMatrix& w) {

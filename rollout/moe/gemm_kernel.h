@@ -65,30 +65,53 @@ PackedMatrix PackRouter(const std::vector<float>& w, int64_t n, int64_t k);
 // panels = ceil(I / 8); n = 2 * panels * 8.
 PackedMatrix PackGateUp(const WeightMatrix& w1, int64_t intermediate);
 
-// c[i * kNr + j] = sum_{kk < k} a[i * lda + kk] * panel[kk * kNr + j]
-// for i < mr, j < kNr. REQUIRES: 1 <= mr <= kMr, k >= 0.
+// c[i * kNr + j] (+)= sum_{kk < k} a[i * lda + kk] * panel[kk * kNr + j]
+// for i < mr, j < kNr; adds to c's values when `accumulate`, else
+// overwrites. REQUIRES: 1 <= mr <= kMr, k >= 0.
 void MicroKernel(int mr, int64_t k, const float* a, int64_t lda,
-                 const float* panel, float* c);
+                 const float* panel, float* c, bool accumulate = false);
 void MicroKernel(int mr, int64_t k, const float* a, int64_t lda,
-                 const uint16_t* panel, float* c);
+                 const uint16_t* panel, float* c, bool accumulate = false);
 
 // Runs the micro-kernel for rows [0, m) of A against panel p of `b` over
 // reduction rows [k0, k1), and hands each tile to
-// epilogue(row0, mr, const float* tile). `a` points at A's column k0 (row
-// i's values for k0..k1 are a[i * lda + 0 .. k1 - k0)).
+// epilogue(row0, mr, const float* tile), rows in increasing order. `a`
+// points at A's column k0 (row i's values for k0..k1 are
+// a[i * lda + 0 .. k1 - k0)).
+//
+// Blocking: rows in groups of kRowGroup, the reduction in blocks of
+// kKBlock, so a kKBlock x 16 slice of the panel (16 KiB fp32) stays in L1
+// while every row tile of the group uses it.
+inline constexpr int64_t kRowGroup = 8 * kMr;
+inline constexpr int64_t kKBlock = 256;
+
 template <typename Epilogue>
 void GemmPanel(int64_t m, const float* a, int64_t lda, const PackedMatrix& b,
                int64_t p, int64_t k0, int64_t k1, Epilogue&& epilogue) {
-  alignas(64) float tile[kMr * kNr];
+  alignas(64) float tiles[kRowGroup * kNr];
   const int64_t off = (p * b.k + k0) * kNr;
-  for (int64_t r = 0; r < m; r += kMr) {
-    const int mr = static_cast<int>(std::min<int64_t>(kMr, m - r));
-    if (b.dtype == WeightDtype::kFp32) {
-      MicroKernel(mr, k1 - k0, a + r * lda, lda, b.f32.data() + off, tile);
-    } else {
-      MicroKernel(mr, k1 - k0, a + r * lda, lda, b.bf16.data() + off, tile);
+  for (int64_t g = 0; g < m; g += kRowGroup) {
+    const int64_t gm = std::min(kRowGroup, m - g);
+    for (int64_t kb = 0; kb < k1 - k0; kb += kKBlock) {
+      const int64_t kn = std::min(kKBlock, k1 - k0 - kb);
+      for (int64_t r = 0; r < gm; r += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, gm - r));
+        const float* ar = a + (g + r) * lda + kb;
+        float* c = tiles + r * kNr;
+        if (b.dtype == WeightDtype::kFp32) {
+          MicroKernel(mr, kn, ar, lda, b.f32.data() + off + kb * kNr, c,
+                      kb > 0);
+        } else {
+          MicroKernel(mr, kn, ar, lda, b.bf16.data() + off + kb * kNr, c,
+                      kb > 0);
+        }
+      }
     }
-    epilogue(r, mr, static_cast<const float*>(tile));
+    if (k1 <= k0) std::fill(tiles, tiles + gm * kNr, 0.0f);
+    for (int64_t r = 0; r < gm; r += kMr) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMr, gm - r));
+      epilogue(g + r, mr, static_cast<const float*>(tiles + r * kNr));
+    }
   }
 }
 
@@ -98,9 +121,9 @@ bool MicroKernelIsAvx2();
 namespace internal {
 // Defined in gemm_kernel_avx2.cc (compiled with -mavx2 -mfma).
 void MicroKernelAvx2(int mr, int64_t k, const float* a, int64_t lda,
-                     const float* panel, float* c);
+                     const float* panel, float* c, bool accumulate);
 void MicroKernelAvx2(int mr, int64_t k, const float* a, int64_t lda,
-                     const uint16_t* panel, float* c);
+                     const uint16_t* panel, float* c, bool accumulate);
 }  // namespace internal
 
 }  // namespace dsec::moe

@@ -15,12 +15,13 @@ inline __m256 Load8(const uint16_t* p) {
 }
 
 template <int MR, typename B>
-void Kernel(int64_t k, const float* a, int64_t lda, const B* panel, float* c) {
+void Kernel(int64_t k, const float* a, int64_t lda, const B* panel, float* c,
+            bool accumulate) {
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
-    c0[i] = _mm256_setzero_ps();
-    c1[i] = _mm256_setzero_ps();
+    c0[i] = accumulate ? _mm256_loadu_ps(c + i * kNr) : _mm256_setzero_ps();
+    c1[i] = accumulate ? _mm256_loadu_ps(c + i * kNr + 8) : _mm256_setzero_ps();
   }
   for (int64_t kk = 0; kk < k; ++kk) {
     const __m256 b0 = Load8(panel + kk * kNr);
@@ -41,33 +42,33 @@ void Kernel(int64_t k, const float* a, int64_t lda, const B* panel, float* c) {
 
 template <typename B>
 void Dispatch(int mr, int64_t k, const float* a, int64_t lda, const B* panel,
-              float* c) {
+              float* c, bool acc) {
   switch (mr) {
     case 1:
-      return Kernel<1>(k, a, lda, panel, c);
+      return Kernel<1>(k, a, lda, panel, c, acc);
     case 2:
-      return Kernel<2>(k, a, lda, panel, c);
+      return Kernel<2>(k, a, lda, panel, c, acc);
     case 3:
-      return Kernel<3>(k, a, lda, panel, c);
+      return Kernel<3>(k, a, lda, panel, c, acc);
     case 4:
-      return Kernel<4>(k, a, lda, panel, c);
+      return Kernel<4>(k, a, lda, panel, c, acc);
     case 5:
-      return Kernel<5>(k, a, lda, panel, c);
+      return Kernel<5>(k, a, lda, panel, c, acc);
     default:
-      return Kernel<6>(k, a, lda, panel, c);
+      return Kernel<6>(k, a, lda, panel, c, acc);
   }
 }
 
 }  // namespace
 
 void MicroKernelAvx2(int mr, int64_t k, const float* a, int64_t lda,
-                     const float* panel, float* c) {
-  Dispatch(mr, k, a, lda, panel, c);
+                     const float* panel, float* c, bool accumulate) {
+  Dispatch(mr, k, a, lda, panel, c, accumulate);
 }
 
 void MicroKernelAvx2(int mr, int64_t k, const float* a, int64_t lda,
-                     const uint16_t* panel, float* c) {
-  Dispatch(mr, k, a, lda, panel, c);
+                     const uint16_t* panel, float* c, bool accumulate) {
+  Dispatch(mr, k, a, lda, panel, c, accumulate);
 }
 
 }  // namespace dsec::moe::internal
@@ -76,12 +77,12 @@ void MicroKernelAvx2(int mr, int64_t k, const float* a, int64_t lda,
 #include <cstdlib>
 
 namespace dsec::moe::internal {
-void MicroKernelAvx2(int, int64_t, const float*, int64_t, const float*,
-                     float*) {
+void MicroKernelAvx2(int, int64_t, const float*, int64_t, const float*, float*,
+                     bool) {
   std::abort();
 }
 void MicroKernelAvx2(int, int64_t, const float*, int64_t, const uint16_t*,
-                     float*) {
+                     float*, bool) {
   std::abort();
 }
 }  // namespace dsec::moe::internal

@@ -47,6 +47,11 @@ struct DispatchPlan {
   void Build(const RoutingInfo& routing, int64_t num_experts);
 };
 
+// Row stride (floats) for A operands of the micro-kernel: n rounded up to a
+// cache line plus one line, so the kMr rows it reads at once do not all map
+// to the same L1 set (4 KiB aliasing when n is a power of two).
+inline int64_t PaddedStride(int64_t n) { return (n + 15) / 16 * 16 + 16; }
+
 // Checks run options against the config (threads, ranks, E % R).
 absl::Status ValidateRunOptions(const MoeConfig& config,
                                 const MoeRunOptions& options);

@@ -80,15 +80,19 @@ absl::StatusOr<MoeOutput> UnfusedMoe::Forward(const MoeInput& in) {
   out.hidden.assign(t_count * h, 0.0f);
   if (t_count == 0) return out;
 
-  // 1. Dispatch: permute token rows into expert order (rank by rank).
+  // 1. Dispatch: permute token rows into expert order (rank by rank), then
+  // the tokens once more for the shared experts.
   plan_.Build(out.routing, config_.num_experts);
   const int64_t pairs = plan_.num_pairs();
-  permuted_.resize(pairs * h);
-  pool_->ParallelFor(Blocks(pairs, kTokenBlock), [&](int64_t b, int) {
+  const int64_t hs = PaddedStride(h);
+  const bool shared = config_.num_shared_experts > 0;
+  const int64_t in_rows = pairs + (shared ? t_count : 0);
+  permuted_.resize(in_rows * hs);
+  pool_->ParallelFor(Blocks(in_rows, kTokenBlock), [&](int64_t b, int) {
     for (int64_t p = b * kTokenBlock;
-         p < std::min(pairs, (b + 1) * kTokenBlock); ++p) {
-      std::memcpy(permuted_.data() + p * h,
-                  in.hidden.data() + plan_.pair_token[p] * h,
+         p < std::min(in_rows, (b + 1) * kTokenBlock); ++p) {
+      const int64_t t = p < pairs ? plan_.pair_token[p] : p - pairs;
+      std::memcpy(permuted_.data() + p * hs, in.hidden.data() + t * h,
                   h * sizeof(float));
     }
   });
@@ -98,12 +102,13 @@ absl::StatusOr<MoeOutput> UnfusedMoe::Forward(const MoeInput& in) {
   std::vector<Group> groups;
   for (int64_t e = 0; e < config_.num_experts; ++e) {
     const int64_t b = plan_.expert_begin[e], n = plan_.expert_begin[e + 1] - b;
-    if (n > 0)
-      groups.push_back({&packed_.experts[e], permuted_.data() + b * h, n, b});
+    if (n > 0) {
+      groups.push_back({&packed_.experts[e], permuted_.data() + b * hs, n, b});
+    }
   }
   for (int64_t s = 0; s < config_.num_shared_experts; ++s) {
-    groups.push_back(
-        {&packed_.shared[s], in.hidden.data(), t_count, pairs + s * t_count});
+    groups.push_back({&packed_.shared[s], permuted_.data() + pairs * hs,
+                      t_count, pairs + s * t_count});
   }
   const int64_t rows = pairs + config_.num_shared_experts * t_count;
 
@@ -116,7 +121,7 @@ absl::StatusOr<MoeOutput> UnfusedMoe::Forward(const MoeInput& in) {
       const GemmTask& t = tasks[i];
       const Group& g = groups[t.group];
       for (int64_t p = t.p0; p < t.p1; ++p) {
-        GemmPanel(t.rows, g.a + t.row0 * h, h, g.expert->gate_up, p, 0, h,
+        GemmPanel(t.rows, g.a + t.row0 * hs, hs, g.expert->gate_up, p, 0, h,
                   [&](int64_t r0, int mr, const float* tile) {
                     for (int r = 0; r < mr; ++r) {
                       std::memcpy(gemm1_.data() +
@@ -130,12 +135,13 @@ absl::StatusOr<MoeOutput> UnfusedMoe::Forward(const MoeInput& in) {
   }
 
   // 3. SwiGLU -> act_.
-  act_.resize(rows * aw);
+  const int64_t as = PaddedStride(aw);
+  act_.resize(rows * as);
   pool_->ParallelFor(Blocks(rows, kTokenBlock), [&](int64_t b, int) {
     for (int64_t r = b * kTokenBlock; r < std::min(rows, (b + 1) * kTokenBlock);
          ++r) {
       const float* src = gemm1_.data() + r * g1_ld;
-      float* dst = act_.data() + r * aw;
+      float* dst = act_.data() + r * as;
       for (int64_t p = 0; p < ap; ++p) {
         for (int j = 0; j < kNr / 2; ++j) {
           dst[p * (kNr / 2) + j] =
@@ -150,7 +156,7 @@ absl::StatusOr<MoeOutput> UnfusedMoe::Forward(const MoeInput& in) {
   gemm2_.resize(rows * h);
   {
     std::vector<Group> act_groups = groups;
-    for (Group& g : act_groups) g.a = act_.data() + g.out_row * aw;
+    for (Group& g : act_groups) g.a = act_.data() + g.out_row * as;
     const std::vector<GemmTask> tasks = MakeTasks(act_groups, hp);
     pool_->ParallelFor(tasks.size(), [&](int64_t i, int) {
       const GemmTask& t = tasks[i];
@@ -158,7 +164,7 @@ absl::StatusOr<MoeOutput> UnfusedMoe::Forward(const MoeInput& in) {
       for (int64_t p = t.p0; p < t.p1; ++p) {
         const int64_t cols = std::min<int64_t>(kNr, h - p * kNr);
         GemmPanel(
-            t.rows, g.a + t.row0 * aw, aw, g.expert->down, p, 0,
+            t.rows, g.a + t.row0 * as, as, g.expert->down, p, 0,
             config_.intermediate, [&](int64_t r0, int mr, const float* tile) {
               for (int r = 0; r < mr; ++r) {
                 std::memcpy(

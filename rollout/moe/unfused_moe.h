@@ -46,9 +46,9 @@ class UnfusedMoe : public MoeLayer {
 
   std::mutex mu_;  // guards the scratch below for one Forward
   DispatchPlan plan_;
-  std::vector<float> permuted_;  // [pairs x H]
+  std::vector<float> permuted_;  // [pairs + T (if shared) x PaddedStride(H)]
   std::vector<float> gemm1_;     // [rows x 2 * act_width], panel order
-  std::vector<float> act_;       // [rows x act_width]
+  std::vector<float> act_;       // [rows x PaddedStride(act_width)]
   std::vector<float> gemm2_;     // [rows x H]
 };
 
