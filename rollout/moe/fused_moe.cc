@@ -8,11 +8,17 @@
 // has already been claimed by a running worker: no deadlock, and with one
 // worker the order is simply sequential.
 //
-// Accumulation: each tile writes weight * (GEMM2 partial) into its worker's
-// accumulator rows. A row is stored (not added) the first time that worker
-// touches the token, so accumulators never need clearing; the final
-// reduction sums the touched rows of all workers into the output and resets
-// the flags.
+// Combine, two modes chosen per Forward:
+//  - Row tiles enough to keep every worker busy (chunks == 1): each tile
+//    owns its pairs, and the GEMM2 epilogue stores weight * result into the
+//    pair's row of send_ (the rank's send buffer). The final pass, by token,
+//    sums the token's k pair rows and shared rows: sequential traffic, no
+//    read-modify-write scattered over a [T x H] accumulator.
+//  - Few row tiles (small batches, split-K over the intermediate dim): a
+//    tile writes weight * (GEMM2 partial) into its worker's private [T x H]
+//    accumulator. A row is stored (not added) the first time that worker
+//    touches the token, so accumulators never need clearing; the final pass
+//    sums the touched rows of all workers and resets the flags.
 #include "rollout/moe/fused_moe.h"
 
 #include <algorithm>
@@ -24,7 +30,7 @@
 namespace dsec::moe {
 namespace {
 
-constexpr int64_t kRowTile = 48;        // gathered rows per compute tile
+constexpr int64_t kRowTile = 96;        // gathered rows per compute tile
 constexpr int64_t kCopyRows = 128;      // rows per dispatch task
 constexpr int64_t kTokenBlock = 16;     // tokens per reduction task
 constexpr int64_t kMinChunkPanels = 4;  // >= 32 intermediate columns
@@ -80,6 +86,7 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
   const int64_t chunks = std::clamp<int64_t>(
       CeilDiv(8 * options_.num_threads, std::max<int64_t>(1, row_tiles)), 1,
       max_chunks);
+  split_k_ = chunks > 1;
 
   tasks_.clear();
   auto push_tiles = [&](int32_t wave, int32_t expert, int64_t rows) {
@@ -170,16 +177,28 @@ void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
     pe = &packed_.shared[-1 - t.expert];
     a = shared_in_.data() + t.row0 * stride_;
   }
-  int32_t token[kRowTile];
-  float weight[kRowTile];
+  // Where each row's weighted GEMM2 result goes, and whether it is stored
+  // (first writer) or added.
+  float* dst_row[kRowTile];
   bool first[kRowTile];
-  uint8_t* touched = touched_[worker].data();
+  float weight[kRowTile];
+  const int64_t pairs = plan_.num_pairs();
   for (int64_t r = 0; r < t.rows; ++r) {
-    token[r] = pair0 >= 0 ? plan_.pair_token[pair0 + r]
-                          : static_cast<int32_t>(t.row0 + r);
     weight[r] = pair0 >= 0 ? plan_.pair_weight[pair0 + r] : 1.0f;
-    first[r] = !touched[token[r]];
-    touched[token[r]] = 1;
+    if (split_k_) {
+      const int64_t token =
+          pair0 >= 0 ? plan_.pair_token[pair0 + r] : t.row0 + r;
+      uint8_t& touched = touched_[worker][token];
+      dst_row[r] = acc_[worker].data() + token * h;
+      first[r] = !touched;
+      touched = 1;
+    } else {
+      const int64_t row = pair0 >= 0
+                              ? pair0 + r
+                              : pairs + (-1 - t.expert) * t_count_ + t.row0 + r;
+      dst_row[r] = send_.data() + row * h;
+      first[r] = true;
+    }
   }
 
   // GEMM1 over panels [p0, p1) with SwiGLU in the epilogue -> act tile.
@@ -203,7 +222,6 @@ void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
   // this worker's accumulator in the epilogue.
   const int64_t k0 = t.p0 * kHalf;
   const int64_t k1 = std::min(t.p1 * kHalf, config_.intermediate);
-  float* acc = acc_[worker].data();
   const int64_t hp = CeilDiv(h, kNr);
   for (int64_t q = 0; q < hp; ++q) {
     const int cols = static_cast<int>(std::min<int64_t>(kNr, h - q * kNr));
@@ -211,7 +229,7 @@ void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
               [&](int64_t r0, int mr, const float* tile) {
                 for (int i = 0; i < mr; ++i) {
                   const int64_t r = r0 + i;
-                  float* dst = acc + token[r] * h + q * kNr;
+                  float* dst = dst_row[r] + q * kNr;
                   const float w = weight[r];
                   const float* src = tile + i * kNr;
                   if (first[r]) {
@@ -241,24 +259,45 @@ absl::StatusOr<MoeOutput> FusedMoe::Forward(const MoeInput& in) {
   stride_ = PaddedStride(h);
   recv_.resize(plan_.num_pairs() * stride_);
   shared_in_.resize(config_.num_shared_experts > 0 ? t_count * stride_ : 0);
-  for (int w = 0; w < options_.num_threads; ++w) {
-    if (static_cast<int64_t>(acc_[w].size()) < t_count * h) {
-      acc_[w].resize(t_count * h);
-      touched_[w].resize(t_count, 0);
-    }
-  }
   BuildSchedule(t_count);
+  t_count_ = t_count;
+  if (split_k_) {
+    for (int w = 0; w < options_.num_threads; ++w) {
+      if (static_cast<int64_t>(acc_[w].size()) < t_count * h) {
+        acc_[w].resize(t_count * h);
+        touched_[w].resize(t_count, 0);
+      }
+    }
+  } else {
+    send_.resize((plan_.num_pairs() + config_.num_shared_experts * t_count) *
+                 h);
+  }
 
   const float* hidden = in.hidden.data();
   pool_->ParallelFor(tasks_.size(), [&](int64_t i, int worker) {
     RunTask(tasks_[i], worker, hidden);
   });
 
-  // Combine: sum the workers' accumulators per token (fixed worker order).
+  // Combine, token by token (ownership by token: no atomics). Without
+  // split-K each pair's weighted result sits in its own send_ row: sum the
+  // token's k rows and its shared-expert rows. With split-K, sum the
+  // workers' accumulators (fixed worker order).
+  const int64_t pairs = plan_.num_pairs(), k = config_.top_k;
   pool_->ParallelFor(CeilDiv(t_count, kTokenBlock), [&](int64_t b, int) {
     for (int64_t t = b * kTokenBlock;
          t < std::min(t_count, (b + 1) * kTokenBlock); ++t) {
       float* y = out.hidden.data() + t * h;
+      if (!split_k_) {
+        for (int64_t j = 0; j < k; ++j) {
+          const float* src = send_.data() + plan_.slot_pair[t * k + j] * h;
+          for (int64_t c = 0; c < h; ++c) y[c] += src[c];
+        }
+        for (int64_t s = 0; s < config_.num_shared_experts; ++s) {
+          const float* src = send_.data() + (pairs + s * t_count + t) * h;
+          for (int64_t c = 0; c < h; ++c) y[c] += src[c];
+        }
+        continue;
+      }
       for (int w = 0; w < options_.num_threads; ++w) {
         if (!touched_[w][t]) continue;
         const float* src = acc_[w].data() + t * h;

@@ -11,9 +11,11 @@
 //  - A compute tile is (expert, up to kRowTile gathered rows, a range of
 //    intermediate columns). GEMM1 runs over that range with the clamped
 //    SwiGLU in its epilogue into a worker-local tile (no [T x 2I] buffer);
-//    GEMM2 consumes the tile (split-K over the intermediate dimension) and
-//    its epilogue adds weight * result into the worker's private [T x H]
-//    accumulator. No atomics: accumulators are reduced per token at the end.
+//    GEMM2 consumes the tile and its epilogue applies the combine weight,
+//    storing into the pair's row of the send buffer (or, for small batches
+//    split over the intermediate dimension, adding into the worker's
+//    private [T x H] accumulator). No atomics: the final pass reduces per
+//    token.
 //  - Results differ from UnfusedMoe only in fp32 summation order (which
 //    worker summed which tile), within kMoeTolerance.
 //
@@ -74,6 +76,9 @@ class FusedMoe : public MoeLayer {
   std::vector<int> wave_copies_;  // dispatch tasks per wave
   std::unique_ptr<std::atomic<int>[]> wave_done_;
   int64_t num_waves_ = 0;
+  bool split_k_ = false;
+  int64_t t_count_ = 0;
+  std::vector<float> send_;  // [(pairs + S * T) x H] weighted results
   // Per worker: accumulator [T x H], touched flags [T], activation tile.
   std::vector<std::vector<float>> acc_;
   std::vector<std::vector<uint8_t>> touched_;
