@@ -1,24 +1,24 @@
 // Schedule of one Forward (task order = claim order, see thread_pool.h):
 //
-//   [copy wave 0 + shared input] [copy wave 1][shared tiles][tiles wave 0]
-//   [copy wave 2][tiles wave 1] ... [tiles wave last]
+//   [copy wave 0 + shared input] [copy wave 1] [tiles of shared + wave 0]
+//   [copy wave 2] [tiles of wave 1] ... [tiles of the last wave]
 //
-// Copies never wait; a tile of wave w spins until all copies of wave w are
-// done. Since tasks are claimed in index order, every copy a tile waits on
-// has already been claimed by a running worker: no deadlock, and with one
-// worker the order is simply sequential.
+// where "tiles" of a wave are, for large batches, one kTile task per row
+// tile, and for small batches all kGateUp tasks of the wave's row tiles
+// followed by all their kDown tasks. When fewer than kInlineCopyRows rows
+// are to be copied (small batches) the copies run before the pass instead.
 //
-// Combine, two modes chosen per Forward:
-//  - Row tiles enough to keep every worker busy (chunks == 1): each tile
-//    owns its pairs, and the GEMM2 epilogue stores weight * result into the
-//    pair's row of send_ (the rank's send buffer). The final pass, by token,
-//    sums the token's k pair rows and shared rows: sequential traffic, no
-//    read-modify-write scattered over a [T x H] accumulator.
-//  - Few row tiles (small batches, split-K over the intermediate dim): a
-//    tile writes weight * (GEMM2 partial) into its worker's private [T x H]
-//    accumulator. A row is stored (not added) the first time that worker
-//    touches the token, so accumulators never need clearing; the final pass
-//    sums the touched rows of all workers and resets the flags.
+// Waiting: a kTile/kGateUp task spins until its wave's copies are done; a
+// kDown task spins until its row tile's kGateUp tasks are done. Everything
+// waited on has a smaller task index, hence was already claimed by a
+// running worker, and copies and kGateUp tasks never wait on anything a
+// later task produces: no deadlock, and with one worker the order is simply
+// sequential.
+//
+// Combine: each (pair, output column) of send_ has exactly one writer
+// (kTile writes all columns of its rows, kDown a disjoint column range), so
+// no atomics and no zeroing; the final pass sums, per token, its k pair
+// rows and its shared-expert rows.
 #include "rollout/moe/fused_moe.h"
 
 #include <algorithm>
@@ -30,12 +30,21 @@
 namespace dsec::moe {
 namespace {
 
-constexpr int64_t kRowTile = 96;        // gathered rows per compute tile
-constexpr int64_t kCopyRows = 128;      // rows per dispatch task
-constexpr int64_t kTokenBlock = 16;     // tokens per reduction task
-constexpr int64_t kMinChunkPanels = 4;  // >= 32 intermediate columns
+constexpr int64_t kRowTile = 96;     // gathered rows per row tile
+constexpr int64_t kCopyRows = 128;   // rows per copy task
+constexpr int64_t kTokenBlock = 16;  // tokens per combine task
+// Below this many rows to copy there is nothing worth overlapping.
+constexpr int64_t kInlineCopyRows = 256;
+constexpr int64_t kMinPartPanels = 4;  // smallest column range of a task
+constexpr int kHalf = kNr / 2;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void SpinUntil(const std::atomic<int>& counter, int target) {
+  while (counter.load(std::memory_order_acquire) < target) {
+    std::this_thread::yield();
+  }
+}
 
 }  // namespace
 
@@ -59,8 +68,6 @@ FusedMoe::FusedMoe(const MoeWeights& weights, const MoeRunOptions& options,
       router_(weights),
       packed_(weights),
       pool_(std::move(pool)),
-      acc_(options.num_threads),
-      touched_(options.num_threads),
       act_(options.num_threads) {
   for (auto& a : act_) a.resize(kRowTile * PaddedStride(packed_.act_width));
 }
@@ -74,26 +81,44 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
           : std::max<int64_t>(1, local / 4);
   num_waves_ = CeilDiv(local, wave_experts);
 
-  // Split the intermediate dimension when there are too few row tiles to
-  // keep every worker busy (small batches).
+  // Too few row tiles to keep every worker busy: split each tile's GEMMs by
+  // output columns (small batches).
   int64_t row_tiles = config_.num_shared_experts * CeilDiv(t_count, kRowTile);
   for (int64_t e = 0; e < e_count; ++e) {
     row_tiles +=
         CeilDiv(plan_.expert_begin[e + 1] - plan_.expert_begin[e], kRowTile);
   }
-  const int64_t ap = packed_.act_panels;
-  const int64_t max_chunks = std::max<int64_t>(1, ap / kMinChunkPanels);
-  const int64_t chunks = std::clamp<int64_t>(
-      CeilDiv(8 * options_.num_threads, std::max<int64_t>(1, row_tiles)), 1,
-      max_chunks);
-  split_k_ = chunks > 1;
+  const int64_t want = 8 * options_.num_threads;
+  const bool split = row_tiles < want;
+  const int64_t parts = CeilDiv(want, std::max<int64_t>(1, row_tiles));
+  const int64_t ap = packed_.act_panels, hp = CeilDiv(config_.hidden, kNr);
+  gate_up_parts_ =
+      std::clamp<int64_t>(parts, 1, std::max<int64_t>(1, ap / kMinPartPanels));
+  const int64_t down_parts =
+      std::clamp<int64_t>(parts, 1, std::max<int64_t>(1, hp / kMinPartPanels));
 
   tasks_.clear();
+  units_.clear();
+  int64_t act_rows = 0;
+  std::vector<Task> downs;  // kDown tasks of the current wave
   auto push_tiles = [&](int32_t wave, int32_t expert, int64_t rows) {
     for (int64_t r = 0; r < rows; r += kRowTile) {
-      for (int64_t c = 0; c < chunks; ++c) {
-        tasks_.push_back({false, wave, expert, r, std::min(kRowTile, rows - r),
-                          ap * c / chunks, ap * (c + 1) / chunks});
+      const int64_t n = std::min(kRowTile, rows - r);
+      if (!split) {
+        tasks_.push_back({Kind::kTile, wave, expert, -1, r, n, 0, 0});
+        continue;
+      }
+      const int32_t unit = static_cast<int32_t>(units_.size());
+      units_.push_back({act_rows});
+      act_rows += n;
+      for (int64_t c = 0; c < gate_up_parts_; ++c) {
+        tasks_.push_back({Kind::kGateUp, wave, expert, unit, r, n,
+                          ap * c / gate_up_parts_,
+                          ap * (c + 1) / gate_up_parts_});
+      }
+      for (int64_t c = 0; c < down_parts; ++c) {
+        downs.push_back({Kind::kDown, wave, expert, unit, r, n,
+                         hp * c / down_parts, hp * (c + 1) / down_parts});
       }
     }
   };
@@ -106,8 +131,8 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
   auto push_copies = [&](int64_t w) {
     if (w == 0 && config_.num_shared_experts > 0) {
       for (int64_t t = 0; t < t_count; t += kCopyRows) {
-        tasks_.push_back(
-            {true, 0, -1, t, std::min(kCopyRows, t_count - t), 0, 0});
+        tasks_.push_back({Kind::kCopyShared, 0, -1, -1, t,
+                          std::min(kCopyRows, t_count - t), 0, 0});
         ++wave_copies_[0];
       }
     }
@@ -115,16 +140,25 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
       auto [lo, hi] = wave_experts_of(r, w);
       const int64_t b = plan_.expert_begin[lo], e = plan_.expert_begin[hi];
       for (int64_t p = b; p < e; p += kCopyRows) {
-        tasks_.push_back({true, static_cast<int32_t>(w), 0, p,
+        tasks_.push_back({Kind::kCopyPairs, static_cast<int32_t>(w), 0, -1, p,
                           std::min(kCopyRows, e - p), 0, 0});
         ++wave_copies_[w];
       }
     }
   };
 
-  push_copies(0);
+  const int64_t copy_rows =
+      plan_.num_pairs() + (config_.num_shared_experts > 0 ? t_count : 0);
+  const bool inline_copies = copy_rows < kInlineCopyRows;
+  inline_copies_.clear();
+  if (inline_copies) {
+    for (int64_t w = 0; w < num_waves_; ++w) push_copies(w);
+    inline_copies_.swap(tasks_);
+  } else {
+    push_copies(0);
+  }
   for (int64_t w = 0; w < num_waves_; ++w) {
-    if (w + 1 < num_waves_) push_copies(w + 1);
+    if (w + 1 < num_waves_ && !inline_copies) push_copies(w + 1);
     if (w == 0) {
       for (int64_t s = 0; s < config_.num_shared_experts; ++s) {
         push_tiles(0, static_cast<int32_t>(-1 - s), t_count);
@@ -134,38 +168,78 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
       auto [lo, hi] = wave_experts_of(r, w);
       for (int64_t e = lo; e < hi; ++e) {
         const int64_t n = plan_.expert_begin[e + 1] - plan_.expert_begin[e];
-        if (n > 0)
+        if (n > 0) {
           push_tiles(static_cast<int32_t>(w), static_cast<int32_t>(e), n);
+        }
       }
     }
+    tasks_.insert(tasks_.end(), downs.begin(), downs.end());
+    downs.clear();
   }
+
   wave_done_.reset(new std::atomic<int>[num_waves_]);
   for (int64_t w = 0; w < num_waves_; ++w) wave_done_[w].store(0);
+  unit_done_.reset(new std::atomic<int>[units_.size()]);
+  for (size_t u = 0; u < units_.size(); ++u) unit_done_[u].store(0);
+  act_all_.resize(act_rows * PaddedStride(packed_.act_width));
+}
+
+void FusedMoe::GateUp(const PackedExpert& pe, const float* a, int64_t rows,
+                      int64_t p0, int64_t p1, float* act, int64_t alda) const {
+  for (int64_t p = p0; p < p1; ++p) {
+    GemmPanel(rows, a, stride_, pe.gate_up, p, 0, config_.hidden,
+              [&](int64_t r0, int mr, const float* tile) {
+                for (int i = 0; i < mr; ++i) {
+                  float* dst = act + (r0 + i) * alda + p * kHalf;
+                  const float* g = tile + i * kNr;
+                  for (int j = 0; j < kHalf; ++j) {
+                    dst[j] = SwiGlu(g[j], g[kHalf + j]);
+                  }
+                }
+              });
+  }
+}
+
+void FusedMoe::Down(const PackedExpert& pe, const float* act, int64_t alda,
+                    int64_t rows, int64_t q0, int64_t q1, float* const* dst_row,
+                    const float* weight) const {
+  const int64_t h = config_.hidden;
+  for (int64_t q = q0; q < q1; ++q) {
+    const int cols = static_cast<int>(std::min<int64_t>(kNr, h - q * kNr));
+    GemmPanel(rows, act, alda, pe.down, q, 0, config_.intermediate,
+              [&](int64_t r0, int mr, const float* tile) {
+                for (int i = 0; i < mr; ++i) {
+                  float* dst = dst_row[r0 + i] + q * kNr;
+                  const float w = weight[r0 + i];
+                  const float* src = tile + i * kNr;
+                  for (int j = 0; j < cols; ++j) dst[j] = w * src[j];
+                }
+              });
+  }
 }
 
 void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
   const int64_t h = config_.hidden;
-  if (t.dispatch) {
-    for (int64_t p = t.row0; p < t.row0 + t.rows; ++p) {
-      if (t.expert < 0) {
-        std::memcpy(shared_in_.data() + p * stride_, hidden + p * h,
-                    h * sizeof(float));
-      } else {
+  switch (t.kind) {
+    case Kind::kCopyPairs:
+      for (int64_t p = t.row0; p < t.row0 + t.rows; ++p) {
         std::memcpy(recv_.data() + p * stride_,
                     hidden + plan_.pair_token[p] * h, h * sizeof(float));
       }
-    }
-    wave_done_[t.wave].fetch_add(1, std::memory_order_release);
-    return;
-  }
-  {
-    while (wave_done_[t.wave].load(std::memory_order_acquire) <
-           wave_copies_[t.wave]) {
-      std::this_thread::yield();
-    }
+      wave_done_[t.wave].fetch_add(1, std::memory_order_release);
+      return;
+    case Kind::kCopyShared:
+      for (int64_t p = t.row0; p < t.row0 + t.rows; ++p) {
+        std::memcpy(shared_in_.data() + p * stride_, hidden + p * h,
+                    h * sizeof(float));
+      }
+      wave_done_[t.wave].fetch_add(1, std::memory_order_release);
+      return;
+    default:
+      break;
   }
 
-  // Rows of this tile: A, and per row the token and combine weight.
+  // The tile's rows: A, and per row its send_ row and combine weight.
   const PackedExpert* pe;
   const float* a;
   int64_t pair0 = -1;
@@ -177,69 +251,37 @@ void FusedMoe::RunTask(const Task& t, int worker, const float* hidden) {
     pe = &packed_.shared[-1 - t.expert];
     a = shared_in_.data() + t.row0 * stride_;
   }
-  // Where each row's weighted GEMM2 result goes, and whether it is stored
-  // (first writer) or added.
+  const int64_t alda = PaddedStride(packed_.act_width);
+
+  if (t.kind == Kind::kGateUp) {
+    SpinUntil(wave_done_[t.wave], wave_copies_[t.wave]);
+    GateUp(*pe, a, t.rows, t.c0, t.c1,
+           act_all_.data() + units_[t.unit].act_row * alda, alda);
+    unit_done_[t.unit].fetch_add(1, std::memory_order_release);
+    return;
+  }
+
   float* dst_row[kRowTile];
-  bool first[kRowTile];
   float weight[kRowTile];
   const int64_t pairs = plan_.num_pairs();
   for (int64_t r = 0; r < t.rows; ++r) {
     weight[r] = pair0 >= 0 ? plan_.pair_weight[pair0 + r] : 1.0f;
-    if (split_k_) {
-      const int64_t token =
-          pair0 >= 0 ? plan_.pair_token[pair0 + r] : t.row0 + r;
-      uint8_t& touched = touched_[worker][token];
-      dst_row[r] = acc_[worker].data() + token * h;
-      first[r] = !touched;
-      touched = 1;
-    } else {
-      const int64_t row = pair0 >= 0
-                              ? pair0 + r
-                              : pairs + (-1 - t.expert) * t_count_ + t.row0 + r;
-      dst_row[r] = send_.data() + row * h;
-      first[r] = true;
-    }
+    const int64_t row = pair0 >= 0
+                            ? pair0 + r
+                            : pairs + (-1 - t.expert) * t_count_ + t.row0 + r;
+    dst_row[r] = send_.data() + row * h;
   }
-
-  // GEMM1 over panels [p0, p1) with SwiGLU in the epilogue -> act tile.
-  constexpr int kHalf = kNr / 2;
+  if (t.kind == Kind::kDown) {
+    SpinUntil(unit_done_[t.unit], static_cast<int>(gate_up_parts_));
+    Down(*pe, act_all_.data() + units_[t.unit].act_row * alda, alda, t.rows,
+         t.c0, t.c1, dst_row, weight);
+    return;
+  }
+  // kTile: the whole tile, activations in this worker's tile buffer.
+  SpinUntil(wave_done_[t.wave], wave_copies_[t.wave]);
   float* act = act_[worker].data();
-  const int64_t alda = PaddedStride((t.p1 - t.p0) * kHalf);
-  for (int64_t p = t.p0; p < t.p1; ++p) {
-    GemmPanel(t.rows, a, stride_, pe->gate_up, p, 0, h,
-              [&](int64_t r0, int mr, const float* tile) {
-                for (int i = 0; i < mr; ++i) {
-                  float* dst = act + (r0 + i) * alda + (p - t.p0) * kHalf;
-                  const float* g = tile + i * kNr;
-                  for (int j = 0; j < kHalf; ++j) {
-                    dst[j] = SwiGlu(g[j], g[kHalf + j]);
-                  }
-                }
-              });
-  }
-
-  // GEMM2 over the same intermediate range (split-K), weighted combine into
-  // this worker's accumulator in the epilogue.
-  const int64_t k0 = t.p0 * kHalf;
-  const int64_t k1 = std::min(t.p1 * kHalf, config_.intermediate);
-  const int64_t hp = CeilDiv(h, kNr);
-  for (int64_t q = 0; q < hp; ++q) {
-    const int cols = static_cast<int>(std::min<int64_t>(kNr, h - q * kNr));
-    GemmPanel(t.rows, act, alda, pe->down, q, k0, k1,
-              [&](int64_t r0, int mr, const float* tile) {
-                for (int i = 0; i < mr; ++i) {
-                  const int64_t r = r0 + i;
-                  float* dst = dst_row[r] + q * kNr;
-                  const float w = weight[r];
-                  const float* src = tile + i * kNr;
-                  if (first[r]) {
-                    for (int j = 0; j < cols; ++j) dst[j] = w * src[j];
-                  } else {
-                    for (int j = 0; j < cols; ++j) dst[j] += w * src[j];
-                  }
-                }
-              });
-  }
+  GateUp(*pe, a, t.rows, 0, packed_.act_panels, act, alda);
+  Down(*pe, act, alda, t.rows, 0, CeilDiv(h, kNr), dst_row, weight);
 }
 
 absl::StatusOr<MoeOutput> FusedMoe::Forward(const MoeInput& in) {
@@ -256,53 +298,32 @@ absl::StatusOr<MoeOutput> FusedMoe::Forward(const MoeInput& in) {
   if (t_count == 0) return out;
 
   plan_.Build(out.routing, config_.num_experts);
-  stride_ = PaddedStride(h);
-  recv_.resize(plan_.num_pairs() * stride_);
-  shared_in_.resize(config_.num_shared_experts > 0 ? t_count * stride_ : 0);
-  BuildSchedule(t_count);
+  const int64_t pairs = plan_.num_pairs(), k = config_.top_k;
   t_count_ = t_count;
-  if (split_k_) {
-    for (int w = 0; w < options_.num_threads; ++w) {
-      if (static_cast<int64_t>(acc_[w].size()) < t_count * h) {
-        acc_[w].resize(t_count * h);
-        touched_[w].resize(t_count, 0);
-      }
-    }
-  } else {
-    send_.resize((plan_.num_pairs() + config_.num_shared_experts * t_count) *
-                 h);
-  }
+  stride_ = PaddedStride(h);
+  recv_.resize(pairs * stride_);
+  shared_in_.resize(config_.num_shared_experts > 0 ? t_count * stride_ : 0);
+  send_.resize((pairs + config_.num_shared_experts * t_count) * h);
+  BuildSchedule(t_count);
 
   const float* hidden = in.hidden.data();
+  for (const Task& t : inline_copies_) RunTask(t, 0, hidden);
   pool_->ParallelFor(tasks_.size(), [&](int64_t i, int worker) {
     RunTask(tasks_[i], worker, hidden);
   });
 
-  // Combine, token by token (ownership by token: no atomics). Without
-  // split-K each pair's weighted result sits in its own send_ row: sum the
-  // token's k rows and its shared-expert rows. With split-K, sum the
-  // workers' accumulators (fixed worker order).
-  const int64_t pairs = plan_.num_pairs(), k = config_.top_k;
+  // Combine, token by token: its k weighted pair rows, then shared rows.
   pool_->ParallelFor(CeilDiv(t_count, kTokenBlock), [&](int64_t b, int) {
     for (int64_t t = b * kTokenBlock;
          t < std::min(t_count, (b + 1) * kTokenBlock); ++t) {
       float* y = out.hidden.data() + t * h;
-      if (!split_k_) {
-        for (int64_t j = 0; j < k; ++j) {
-          const float* src = send_.data() + plan_.slot_pair[t * k + j] * h;
-          for (int64_t c = 0; c < h; ++c) y[c] += src[c];
-        }
-        for (int64_t s = 0; s < config_.num_shared_experts; ++s) {
-          const float* src = send_.data() + (pairs + s * t_count + t) * h;
-          for (int64_t c = 0; c < h; ++c) y[c] += src[c];
-        }
-        continue;
-      }
-      for (int w = 0; w < options_.num_threads; ++w) {
-        if (!touched_[w][t]) continue;
-        const float* src = acc_[w].data() + t * h;
+      for (int64_t j = 0; j < k; ++j) {
+        const float* src = send_.data() + plan_.slot_pair[t * k + j] * h;
         for (int64_t c = 0; c < h; ++c) y[c] += src[c];
-        touched_[w][t] = 0;
+      }
+      for (int64_t s = 0; s < config_.num_shared_experts; ++s) {
+        const float* src = send_.data() + (pairs + s * t_count + t) * h;
+        for (int64_t c = 0; c < h; ++c) y[c] += src[c];
       }
     }
   });

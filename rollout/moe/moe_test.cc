@@ -132,6 +132,15 @@ std::vector<Case> Cases() {
     c.wave_experts = 1;
     cases.push_back(c);
   }
+  // Few row tiles but enough rows to copy: split GEMMs fed by copy waves.
+  {
+    Case c{"SplitTilesWithCopyWaves", Config(32, 4, 2, 64, 1), 100, 2, 2};
+    c.wave_experts = 1;
+    cases.push_back(c);
+  }
+  // Many row tiles, few rows: whole-tile tasks, copies before the pass.
+  cases.push_back(
+      {"WholeTilesInlineCopies", Config(32, 32, 1, 16, 1), 40, 4, 2});
   return cases;
 }
 
