@@ -5,8 +5,10 @@
 //
 // where "tiles" of a wave are, for large batches, one kTile task per row
 // tile, and for small batches all kGateUp tasks of the wave's row tiles
-// followed by all their kDown tasks. When fewer than kInlineCopyRows rows
-// are to be copied (small batches) the copies run before the pass instead.
+// followed by the kDown tasks of the previous wave's row tiles (the last
+// wave's kDown tasks close the list). When fewer than kInlineCopyRows rows
+// are to be copied (small batches) the copies run before the pass instead,
+// and all experts form one wave.
 //
 // Waiting: a kTile/kGateUp task spins until its wave's copies are done; a
 // kDown task spins until its row tile's kGateUp tasks are done. Everything
@@ -75,10 +77,9 @@ FusedMoe::FusedMoe(const MoeWeights& weights, const MoeRunOptions& options,
 void FusedMoe::BuildSchedule(int64_t t_count) {
   const int64_t e_count = config_.num_experts, ranks = options_.num_ranks;
   const int64_t local = e_count / ranks;
-  const int64_t wave_experts =
-      options_.wave_experts > 0
-          ? std::min<int64_t>(options_.wave_experts, local)
-          : std::max<int64_t>(1, local / 4);
+  int64_t wave_experts = options_.wave_experts > 0
+                             ? std::min<int64_t>(options_.wave_experts, local)
+                             : std::max<int64_t>(1, local / 4);
   num_waves_ = CeilDiv(local, wave_experts);
 
   // Too few row tiles to keep every worker busy: split each tile's GEMMs by
@@ -100,7 +101,8 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
   tasks_.clear();
   units_.clear();
   int64_t act_rows = 0;
-  std::vector<Task> downs;  // kDown tasks of the current wave
+  std::vector<Task> downs;   // kDown tasks of the current wave
+  std::vector<Task> lagged;  // kDown tasks of the previous wave
   auto push_tiles = [&](int32_t wave, int32_t expert, int64_t rows) {
     for (int64_t r = 0; r < rows; r += kRowTile) {
       const int64_t n = std::min(kRowTile, rows - r);
@@ -152,7 +154,11 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
   const bool inline_copies = copy_rows < kInlineCopyRows;
   inline_copies_.clear();
   if (inline_copies) {
-    for (int64_t w = 0; w < num_waves_; ++w) push_copies(w);
+    // Nothing to overlap: one wave, copied before the pass.
+    wave_experts = local;
+    num_waves_ = 1;
+    wave_copies_.assign(1, 0);
+    push_copies(0);
     inline_copies_.swap(tasks_);
   } else {
     push_copies(0);
@@ -173,9 +179,14 @@ void FusedMoe::BuildSchedule(int64_t t_count) {
         }
       }
     }
-    tasks_.insert(tasks_.end(), downs.begin(), downs.end());
+    // Software pipelining: wave w's GEMM2 tasks go after wave w+1's GEMM1
+    // tasks, so a worker that would wait on a tile's last GEMM1 part finds
+    // GEMM1 work of the next wave instead.
+    tasks_.insert(tasks_.end(), lagged.begin(), lagged.end());
+    lagged.swap(downs);
     downs.clear();
   }
+  tasks_.insert(tasks_.end(), lagged.begin(), lagged.end());
 
   wave_done_.reset(new std::atomic<int>[num_waves_]);
   for (int64_t w = 0; w < num_waves_; ++w) wave_done_[w].store(0);
