@@ -5,7 +5,10 @@
 //   [rows x 2I] -> SwiGLU [rows x I] -> grouped GEMM2 [rows x H] ->
 //   un-permute + weighted combine.
 // Uses the same packed weights and micro-kernel as FusedMoe. Each stage is
-// one ParallelFor over the thread pool (one barrier per stage).
+// one ParallelFor over the thread pool (one barrier per stage). Expert
+// parallelism shows only in the layout: the permuted buffer is the ranks'
+// receive buffers back to back (rank r's experts are contiguous); there is
+// no overlap of copies with compute.
 //
 // Thread-safe: Forward calls are serialized on an internal mutex (the layer
 // reuses its scratch buffers across calls).
