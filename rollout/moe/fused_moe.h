@@ -20,8 +20,8 @@
 //  - Combine: no atomics; every (pair, column) of the send buffer has one
 //    writer, and the final pass sums each token's rows (ownership by
 //    token).
-//  - Results differ from UnfusedMoe only in fp32 summation order (which
-//    worker summed which tile), within kMoeTolerance.
+//  - Deterministic: every send_ element has one writer and the combine
+//    sums in a fixed order, so results do not depend on the schedule.
 //
 // Thread-safe: Forward calls are serialized on an internal mutex.
 #ifndef DSEC_ROLLOUT_MOE_FUSED_MOE_H_
