@@ -1,5 +1,6 @@
 #include "ctl/local_cluster.h"
 
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +12,10 @@
 #include "common/token.h"
 #include "controller/controller_server.h"
 #include "ctl/rpc.h"
+#include "fs/chunk_server.h"
+#include "fs/fs_client.h"
+#include "fs/fuse_fs.h"
+#include "fs/meta_server.h"
 
 namespace dsec::ctl {
 
@@ -44,6 +49,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Create(
   copts.metrics_port = options.metrics_port;
   ASSIGN_OR_RETURN(cluster->controller_,
                    controller::ControllerServer::Create(copts));
+  if (options.fs) RETURN_IF_ERROR(cluster->StartFs(options));
 
   // One node that takes the whole machine. Limits are maxima, not
   // reservations, so local mode overcommits: the sandbox count is the cap.
@@ -58,6 +64,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Create(
   aopts.cpu_millicores = int64_t{options.max_sandboxes} * 1000;
   aopts.memory_bytes = int64_t{options.max_sandboxes} * (int64_t{512} << 20);
   aopts.labels["mode"] = "local";
+  aopts.request_limits.fs_mount_dir = cluster->mountpoint_;
   aopts.metrics_port = options.metrics_port < 0    ? -1
                        : options.metrics_port == 0 ? 0
                                                    : options.metrics_port + 1;
@@ -99,9 +106,84 @@ std::string LocalCluster::controller_address() const {
 
 std::string LocalCluster::agent_endpoint() const { return agent_->endpoint(); }
 
+std::string LocalCluster::fs_meta_address() const {
+  return meta_ ? absl::StrCat("127.0.0.1:", meta_->port()) : "";
+}
+
+std::string LocalCluster::fs_mountpoint() const { return mountpoint_; }
+
+absl::Status LocalCluster::StartFs(const LocalClusterOptions& options) {
+  const std::string root = options.data_dir + "/fs";
+  mountpoint_ = root + "/mnt";
+  for (const std::string& d : {root, mountpoint_}) {
+    if (mkdir(d.c_str(), 0755) != 0 && errno != EEXIST) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot create ", d, ": ", strerror(errno)));
+    }
+  }
+  // A mount left by a killed earlier run would fail ours: detach it.
+  (void)umount2(mountpoint_.c_str(), MNT_DETACH);
+
+  fs::MetaServerOptions mopts;
+  mopts.listen_address = absl::StrCat("127.0.0.1:", options.fs_meta_port);
+  mopts.data_dir = root + "/meta";
+  // Durable on fsync and close (and every 100 ms) like a local file system,
+  // not on every namespace change.
+  mopts.store.sync_writes = false;
+  mopts.cluster.replication =
+      static_cast<uint32_t>(std::min(3, options.fs_chunk_servers));
+  mopts.cluster.num_chains = 8;
+  ASSIGN_OR_RETURN(meta_, fs::MetaServer::Create(mopts));
+  for (int i = 0; i < options.fs_chunk_servers; ++i) {
+    fs::ChunkServerOptions c;
+    c.node_id = absl::StrCat("local-chunk", i);
+    c.data_dir = absl::StrCat(root, "/chunk", i);
+    c.meta_address = fs_meta_address();
+    ASSIGN_OR_RETURN(auto server, fs::ChunkServer::Create(c));
+    chunks_.push_back(std::move(server));
+  }
+  ASSIGN_OR_RETURN(fs_client_,
+                   fs::FsClient::Create({.meta_address = fs_meta_address()}));
+  // Ready when every chain has its replicas serving.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (true) {
+    auto probe = fs::FsClient::Create({.meta_address = fs_meta_address()});
+    RETURN_IF_ERROR(probe.status());
+    absl::StatusOr<v1::ChainTable> table = (*probe)->Table();
+    bool ready = table.ok() && table->chains_size() > 0;
+    if (ready) {
+      for (const v1::Chain& c : table->chains()) {
+        int serving = 0;
+        for (const v1::ChainMember& m : c.members()) {
+          serving += m.state() == v1::CHAIN_MEMBER_STATE_SERVING;
+        }
+        if (serving < static_cast<int>(mopts.cluster.replication)) {
+          ready = false;
+        }
+      }
+    }
+    if (ready) break;
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          "dsec-fs chunk servers did not form their chains within 30s");
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  fs::FuseMountOptions fopts;
+  fopts.mountpoint = mountpoint_;
+  ASSIGN_OR_RETURN(mount_, fs::FuseMount::Mount(fs_client_.get(), fopts));
+  RETURN_IF_ERROR(mount_->Start());
+  return absl::OkStatus();
+}
+
 void LocalCluster::Shutdown() {
-  // Agent first: it destroys its sandboxes while the controller still runs.
+  // Agent first: it destroys its sandboxes while the controller and the file
+  // system their images live on still run.
   if (agent_) agent_->Shutdown();
+  if (mount_) mount_->Stop();
+  mount_.reset();
+  for (auto& c : chunks_) c->Shutdown();
+  if (meta_) meta_->Shutdown();
   if (controller_) controller_->Shutdown();
 }
 

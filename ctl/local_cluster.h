@@ -1,5 +1,7 @@
-// Local single-node mode: a controller and one agent in this process, with
-// all state under one data directory and no outside service. Used by
+// Local single-node mode: a controller, one agent and a whole dsec-fs (a meta
+// server, three chunk servers with replication 3, and the FUSE mount the
+// agent reads images through) in this process, with all state under one data
+// directory and no outside service. Used by
 // `dsecctl local up`, the README's demo and end-to-end tests/benchmarks.
 //
 // Thread-safe: Create and Shutdown from one thread; the servers run on
@@ -9,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -18,6 +21,12 @@ class ControllerServer;
 namespace dsec::agent {
 class AgentServer;
 }
+namespace dsec::fs {
+class MetaServer;
+class ChunkServer;
+class FsClient;
+class FuseMount;
+}  // namespace dsec::fs
 
 namespace dsec::ctl {
 
@@ -28,6 +37,11 @@ struct LocalClusterOptions {
   int max_sandboxes = 512;
   int warm_pool_size = 8;  // sandboxes kept ready in class "default"
   int metrics_port = -1;   // controller /metrics; agent on port + 1
+  // dsec-fs: off runs without images (the built-in image only).
+  bool fs = true;
+  // dsec-meta port (0: any free one).
+  int fs_meta_port = 9400;
+  int fs_chunk_servers = 3;
 };
 
 class LocalCluster {
@@ -39,10 +53,20 @@ class LocalCluster {
 
   std::string controller_address() const;
   std::string agent_endpoint() const;
+  // dsec-meta's address and where dsec-fs is mounted; empty without fs.
+  std::string fs_meta_address() const;
+  std::string fs_mountpoint() const;
   void Shutdown();
 
  private:
   LocalCluster() = default;
+  absl::Status StartFs(const LocalClusterOptions& options);
+
+  std::unique_ptr<dsec::fs::MetaServer> meta_;
+  std::vector<std::unique_ptr<dsec::fs::ChunkServer>> chunks_;
+  std::unique_ptr<dsec::fs::FsClient> fs_client_;
+  std::unique_ptr<dsec::fs::FuseMount> mount_;
+  std::string mountpoint_;
   std::unique_ptr<dsec::controller::ControllerServer> controller_;
   std::unique_ptr<dsec::agent::AgentServer> agent_;
 };

@@ -26,6 +26,7 @@ int LocalUp(dsec::ctl::CommandContext ctx,
   const char* home = getenv("HOME");
   options.data_dir = absl::StrCat(home ? home : "/tmp", "/.dsec/local");
   bool demo = false;
+  bool fs_port_set = false;
   int count = 8;
   for (size_t i = 2; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -53,6 +54,11 @@ int LocalUp(dsec::ctl::CommandContext ctx,
       }
     } else if (a == "--metrics_port") {
       if (!absl::SimpleAtoi(value(), &options.metrics_port)) return 2;
+    } else if (a == "--fs_port") {
+      if (!absl::SimpleAtoi(value(), &options.fs_meta_port)) return 2;
+      fs_port_set = true;
+    } else if (a == "--no_fs") {
+      options.fs = false;
     } else if (a == "--demo") {
       demo = true;
     } else if (a == "--count") {
@@ -60,11 +66,14 @@ int LocalUp(dsec::ctl::CommandContext ctx,
     } else {
       std::cerr << "usage error: unknown flag " << a
                 << " (local up [--data_dir DIR] [--port N] [--warm_pool N] "
-                   "[--max_sandboxes N] [--metrics_port N] [--demo] "
-                   "[--count N])\n";
+                   "[--max_sandboxes N] [--metrics_port N] [--fs_port N] "
+                   "[--no_fs] [--demo] [--count N])\n";
       return 2;
     }
   }
+  // With --port 0 (tests, several clusters at once) dsec-meta takes any port
+  // too.
+  if (options.controller_port == 0 && !fs_port_set) options.fs_meta_port = 0;
   // Block the stop signals before any thread starts; sigwait collects them.
   sigset_t stop;
   sigemptyset(&stop);
@@ -84,16 +93,22 @@ int LocalUp(dsec::ctl::CommandContext ctx,
             << absl::FormatDuration(
                    absl::Trunc(absl::Now() - t0, absl::Milliseconds(1)))
             << "\n  controller " << (*cluster)->controller_address()
-            << "\n  agent      " << (*cluster)->agent_endpoint()
-            << "\n  data       " << options.data_dir << "\n"
-            << std::flush;
+            << "\n  agent      " << (*cluster)->agent_endpoint();
+  if (options.fs) {
+    std::cout << "\n  dsec-fs    meta " << (*cluster)->fs_meta_address()
+              << ", mounted at " << (*cluster)->fs_mountpoint();
+  }
+  std::cout << "\n  data       " << options.data_dir << "\n" << std::flush;
   int rc = 0;
   if (demo) {
     ctx.conn.controller = (*cluster)->controller_address();
     rc = dsec::ctl::RunDemo(ctx, count, std::cout, std::cerr);
   } else {
-    std::cout << "export DSEC_CONTROLLER=" << (*cluster)->controller_address()
-              << "   # then: dsecctl nodes list; Ctrl-C stops the cluster\n"
+    std::cout << "export DSEC_CONTROLLER=" << (*cluster)->controller_address();
+    if (options.fs) {
+      std::cout << " DSEC_FS_META=" << (*cluster)->fs_meta_address();
+    }
+    std::cout << "   # then: dsecctl nodes list; Ctrl-C stops the cluster\n"
               << std::flush;
     int sig = 0;
     sigwait(&stop, &sig);

@@ -75,6 +75,7 @@ struct MetaServer::Impl {
   int bound_port = 0;
   std::thread liveness;
   std::thread gc;
+  std::thread wal_sync;
   std::atomic<bool> shut{false};
 
   absl::Mutex mu;
@@ -94,6 +95,13 @@ struct MetaServer::Impl {
     while (Sleep(options.cluster.heartbeat_interval)) {
       absl::Status s = cluster->CheckLiveness();
       if (!s.ok()) DSEC_LOG_ERROR("cluster: {}", s.ToString());
+    }
+  }
+
+  void WalSyncLoop() {
+    while (Sleep(options.wal_sync_interval)) {
+      absl::Status s = store->SyncWal();
+      if (!s.ok()) DSEC_LOG_ERROR("meta: {}", s.ToString());
     }
   }
 
@@ -171,6 +179,7 @@ struct MetaServer::Impl {
     }
     if (liveness.joinable()) liveness.join();
     if (gc.joinable()) gc.join();
+    if (wal_sync.joinable()) wal_sync.join();
     if (server) server->Wait();
     http.reset();
     server.reset();
@@ -256,6 +265,9 @@ absl::StatusOr<std::unique_ptr<MetaServer>> MetaServer::Create(
   Impl* raw = impl.get();
   impl->liveness = std::thread([raw] { raw->LivenessLoop(); });
   impl->gc = std::thread([raw] { raw->GcLoop(); });
+  if (!options.store.sync_writes) {
+    impl->wal_sync = std::thread([raw] { raw->WalSyncLoop(); });
+  }
   DSEC_LOG_INFO("dsec-meta: serving on port {} (data in {})", impl->bound_port,
                 options.data_dir);
   return std::unique_ptr<MetaServer>(new MetaServer(std::move(impl)));

@@ -45,6 +45,9 @@ struct MetaServerOptions {
   std::string metrics_listen;
   // How often the GC thread looks for deleted files.
   absl::Duration gc_interval = absl::Seconds(1);
+  // With store.sync_writes off: how often the WAL is fsynced, bounding what
+  // a power loss can take (a process crash takes nothing).
+  absl::Duration wal_sync_interval = absl::Milliseconds(100);
   // Deadline of each RemoveInodes call.
   absl::Duration chunk_rpc_timeout = absl::Seconds(10);
 };

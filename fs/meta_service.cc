@@ -373,7 +373,8 @@ grpc::Status FsMetaService::Seal(grpc::ServerContext* context,
     ASSIGN_OR_RETURN(uint64_t sealed,
                      SealImpl(request->ino(), request->recursive()));
     reply->set_sealed(sealed);
-    return absl::OkStatus();
+    // A sealed image is published: make it durable now.
+    return store_->SyncWal();
   });
 }
 

@@ -943,7 +943,17 @@ absl::Status MetaStore::Fsync(uint64_t ino, uint64_t new_size) {
   if (OpenCount(ino) == 0) {
     return FsError(EBADF, absl::StrCat("fsync: inode ", ino, " is not open"));
   }
-  return CommitSize(ino, new_size);
+  RETURN_IF_ERROR(CommitSize(ino, new_size));
+  return options_.sync_writes ? absl::OkStatus() : SyncWal();
+}
+
+absl::Status MetaStore::SyncWal() {
+  rocksdb::Status s = db_->FlushWAL(/*sync=*/true);
+  if (!s.ok()) {
+    return absl::InternalError(
+        absl::StrCat("meta store WAL sync: ", s.ToString()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status MetaStore::Close(uint64_t ino, std::optional<uint64_t> new_size) {
@@ -956,6 +966,7 @@ absl::Status MetaStore::Close(uint64_t ino, std::optional<uint64_t> new_size) {
   }
   absl::Status status =
       new_size ? CommitSize(ino, *new_size) : absl::OkStatus();
+  if (status.ok() && new_size && !options_.sync_writes) status = SyncWal();
   {
     absl::MutexLock lock(&open_mu_);
     if (--open_counts_[ino] > 0) return status;
