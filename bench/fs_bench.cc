@@ -15,7 +15,8 @@
 //      directory vs from the same tree imported into dsec-fs as image "py";
 //      steady state and with drop_caches before every run.
 // Benchmarks report, they do not assert. Needs root (drop_caches, FUSE,
-// sandboxes). Everything lives under one fresh directory in --dir.
+// sandboxes). Everything lives under one fresh directory in --dir. About 4
+// minutes with the defaults on a 2-vCPU VM; the flags scale it down.
 //
 //   sudo build/bench/fs_bench [--dir /var/tmp] [--size_mib 1024] [--reps 3]
 //       [--files 10000] [--meta_reps 1] [--sandbox_runs 10]
