@@ -53,6 +53,12 @@ std::shared_ptr<grpc::Channel> MakeFsChannel(const std::string& address) {
 void ConfigureFsServer(grpc::ServerBuilder& builder) {
   builder.SetMaxReceiveMessageSize(kMaxFsMessageBytes);
   builder.SetMaxSendMessageSize(kMaxFsMessageBytes);
+  // Keep a few request threads around instead of creating one per burst
+  // (the default keeps at most 2 idle pollers).
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 8);
 }
 
 }  // namespace dsec::fs

@@ -3,8 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <fuse3/fuse_lowlevel.h>
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <future>
 #include <limits>
 #include <optional>
@@ -24,6 +25,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "fs/fs_error.h"
 
 namespace dsec::fs {
@@ -65,6 +67,9 @@ struct FileHandle {
   uint64_t ino = 0;
   FileRef ref;
   bool writable = false;
+  // Opened from the sealed-inode cache without telling the meta server (a
+  // sealed file cannot be unlinked or written, so there is nothing to track).
+  bool untracked = false;
 
   absl::Mutex mu;
   // Committed length at open, grown by this handle's writes and refreshed
@@ -77,6 +82,14 @@ struct FileHandle {
   std::string buf ABSL_GUARDED_BY(mu);
   // A failed background flush, reported by the next write/flush/fsync.
   absl::Status write_error ABSL_GUARDED_BY(mu);
+  // Buffers being written to the chunk servers in the background, oldest
+  // first.
+  struct Inflight {
+    uint64_t off = 0;
+    uint64_t len = 0;
+    std::future<absl::Status> done;
+  };
+  std::deque<Inflight> inflight ABSL_GUARDED_BY(mu);
   // Readahead window [ra_off, ra_off + ra.size()) and where the last read
   // ended (sequential detection).
   uint64_t ra_off ABSL_GUARDED_BY(mu) = 0;
@@ -157,8 +170,15 @@ class FuseMount::Impl {
   void ReplyEntry(fuse_req_t req, const v1::Inode& inode);
   static void ReplyError(fuse_req_t req, const absl::Status& status);
 
-  // Writes the buffered bytes (if any) to the chunk servers.
+  // Writes the buffered bytes (if any) to the chunk servers and waits for
+  // every background flush.
   absl::Status FlushBuffer(FileHandle& h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(h.mu);
+  // Hands the buffer to a background write (at most kMaxInflight per
+  // handle; waits for the oldest beyond that).
+  absl::Status FlushAsync(FileHandle& h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(h.mu);
+  // Waits for background flushes: all, or down to `keep`.
+  absl::Status WaitInflight(FileHandle& h, size_t keep)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(h.mu);
   // Buffer out + length committed to the meta server.
   absl::Status FlushAndCommit(FileHandle& h)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(h.mu);
@@ -187,6 +207,13 @@ class FuseMount::Impl {
   // ino -> (length, open writable handles)
   absl::flat_hash_map<uint64_t, std::pair<uint64_t, int>> local_sizes_
       ABSL_GUARDED_BY(sizes_mu_);
+  // Sealed inodes never change: kept forever once seen, so opens of image
+  // files and lookups under sealed directories need no meta round trip.
+  void NoteInode(const v1::Inode& inode);
+  std::optional<v1::Inode> SealedInode(uint64_t ino);
+  absl::Mutex sealed_mu_;
+  absl::flat_hash_map<uint64_t, v1::Inode> sealed_ ABSL_GUARDED_BY(sealed_mu_);
+
   absl::Mutex cache_mu_;
   // ino -> (mtime_ns, size) when last opened.
   absl::flat_hash_map<uint64_t, std::pair<int64_t, uint64_t>> cache_keys_
@@ -218,7 +245,21 @@ struct stat FuseMount::Impl::ToStat(const v1::Inode& inode) {
   return st;
 }
 
+void FuseMount::Impl::NoteInode(const v1::Inode& inode) {
+  if (!inode.sealed()) return;
+  absl::MutexLock lock(&sealed_mu_);
+  if (sealed_.size() < (1u << 20)) sealed_.try_emplace(inode.id(), inode);
+}
+
+std::optional<v1::Inode> FuseMount::Impl::SealedInode(uint64_t ino) {
+  absl::MutexLock lock(&sealed_mu_);
+  auto it = sealed_.find(ino);
+  if (it == sealed_.end()) return std::nullopt;
+  return it->second;
+}
+
 void FuseMount::Impl::ReplyEntry(fuse_req_t req, const v1::Inode& inode) {
+  NoteInode(inode);
   fuse_entry_param e;
   std::memset(&e, 0, sizeof(e));
   e.ino = inode.id();
@@ -275,8 +316,35 @@ void FuseMount::Impl::ForgetCacheKey(uint64_t ino) {
   cache_keys_.erase(ino);
 }
 
+absl::Status FuseMount::Impl::WaitInflight(FileHandle& h, size_t keep) {
+  while (h.inflight.size() > keep) {
+    absl::Status s = h.inflight.front().done.get();
+    h.inflight.pop_front();
+    if (!s.ok() && h.write_error.ok()) h.write_error = s;
+  }
+  return h.write_error;
+}
+
+absl::Status FuseMount::Impl::FlushAsync(FileHandle& h) {
+  constexpr size_t kMaxInflight = 2;
+  if (h.buf.empty()) return h.write_error;
+  RETURN_IF_ERROR(WaitInflight(h, kMaxInflight - 1));
+  FileHandle::Inflight job;
+  job.off = h.buf_off;
+  job.len = h.buf.size();
+  FsClient* client = client_;
+  FileRef ref = h.ref;
+  job.done = std::async(std::launch::async, [client, ref, off = h.buf_off,
+                                             data = std::move(h.buf)]() {
+    return client->Write(ref, off, data);
+  });
+  h.buf = std::string();
+  h.inflight.push_back(std::move(job));
+  return absl::OkStatus();
+}
+
 absl::Status FuseMount::Impl::FlushBuffer(FileHandle& h) {
-  if (!h.write_error.ok()) return h.write_error;
+  RETURN_IF_ERROR(WaitInflight(h, 0));
   if (h.buf.empty()) return absl::OkStatus();
   absl::Status status = client_->Write(h.ref, h.buf_off, h.buf);
   h.buf.clear();
@@ -333,7 +401,10 @@ void FuseMount::Impl::Lookup(fuse_req_t req, fuse_ino_t parent,
     // Negative entry, cached like a positive one.
     fuse_entry_param e;
     std::memset(&e, 0, sizeof(e));
-    e.entry_timeout = absl::ToDoubleSeconds(self->options_.attr_timeout);
+    // Nothing can appear in a sealed directory.
+    e.entry_timeout = absl::ToDoubleSeconds(
+        self->SealedInode(parent).has_value() ? self->options_.sealed_timeout
+                                              : self->options_.attr_timeout);
     fuse_reply_entry(req, &e);
     return;
   }
@@ -344,8 +415,14 @@ void FuseMount::Impl::Lookup(fuse_req_t req, fuse_ino_t parent,
 void FuseMount::Impl::GetAttr(fuse_req_t req, fuse_ino_t ino,
                               fuse_file_info* fi) {
   Impl* self = Of(req);
-  absl::StatusOr<v1::Inode> inode = self->client_->GetAttr(ino);
+  absl::StatusOr<v1::Inode> inode;
+  if (std::optional<v1::Inode> sealed = self->SealedInode(ino)) {
+    inode = std::move(*sealed);
+  } else {
+    inode = self->client_->GetAttr(ino);
+  }
   if (!inode.ok()) return ReplyError(req, inode.status());
+  self->NoteInode(*inode);
   struct stat st = self->ToStat(*inode);
   fuse_reply_attr(req, &st, self->TimeoutFor(*inode));
 }
@@ -484,12 +561,18 @@ void FuseMount::Impl::Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 void FuseMount::Impl::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Impl* self = Of(req);
   const bool for_write = (fi->flags & O_ACCMODE) != O_RDONLY;
-  absl::StatusOr<v1::Inode> inode = self->client_->Open(ino, for_write);
+  std::optional<v1::Inode> sealed =
+      for_write ? std::nullopt : self->SealedInode(ino);
+  absl::StatusOr<v1::Inode> inode =
+      sealed.has_value() ? absl::StatusOr<v1::Inode>(std::move(*sealed))
+                         : self->client_->Open(ino, for_write);
   if (!inode.ok()) return ReplyError(req, inode.status());
+  self->NoteInode(*inode);
   auto h = std::make_unique<FileHandle>();
   h->ino = ino;
   h->ref = FileRef::Of(*inode);
   h->writable = for_write;
+  h->untracked = sealed.has_value();
   {
     absl::MutexLock lock(&h->mu);
     h->size = inode->size();
@@ -509,7 +592,7 @@ void FuseMount::Impl::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fi->fh = reinterpret_cast<uint64_t>(raw);
   if (fuse_reply_open(req, fi) == -ENOENT) {
     // The opener was interrupted and no release will come: undo.
-    (void)self->client_->Close(ino, std::nullopt);
+    if (!raw->untracked) (void)self->client_->Close(ino, std::nullopt);
     if (for_write) self->DropLocalSize(ino);
     delete raw;
   }
@@ -549,7 +632,7 @@ void FuseMount::Impl::Read(fuse_req_t req, fuse_ino_t ino, size_t size,
   const uint64_t off = static_cast<uint64_t>(off_signed);
   absl::MutexLock lock(&h.mu);
   // Our own buffered writes must be visible.
-  if (!h.buf.empty()) {
+  if (!h.buf.empty() || !h.inflight.empty()) {
     absl::Status status = self->FlushBuffer(h);
     if (!status.ok()) return ReplyError(req, status);
     h.ra.clear();
@@ -624,7 +707,13 @@ void FuseMount::Impl::Write(fuse_req_t req, fuse_ino_t ino, const char* buf,
       h.buf.size() + size <= limit) {
     h.buf.append(buf, size);
   } else {
-    status = self->FlushBuffer(h);
+    // A write overlapping a background flush must land after it.
+    bool overlaps = false;
+    for (const FileHandle::Inflight& f : h.inflight) {
+      overlaps |= off < f.off + f.len && f.off < off + size;
+    }
+    status =
+        overlaps || size >= limit ? self->FlushBuffer(h) : self->FlushAsync(h);
     if (!status.ok()) return ReplyError(req, status);
     if (size >= limit) {
       status = self->client_->Write(h.ref, off, absl::string_view(buf, size));
@@ -635,7 +724,7 @@ void FuseMount::Impl::Write(fuse_req_t req, fuse_ino_t ino, const char* buf,
     }
   }
   if (h.buf.size() >= limit) {
-    status = self->FlushBuffer(h);
+    status = self->FlushAsync(h);
     if (!status.ok()) return ReplyError(req, status);
   }
   if (off + size > h.size) h.size = off + size;
@@ -673,8 +762,10 @@ void FuseMount::Impl::Release(fuse_req_t req, fuse_ino_t ino,
     status = self->FlushBuffer(*h);
     std::optional<uint64_t> size;
     if (h->size_dirty && status.ok()) size = h->size;
-    absl::Status closed = self->client_->Close(ino, size);
-    if (status.ok()) status = closed;
+    if (!h->untracked) {
+      absl::Status closed = self->client_->Close(ino, size);
+      if (status.ok()) status = closed;
+    }
     if (h->prefetch_off != kNoOffset) (void)h->prefetch.get();
   }
   if (h->writable) self->DropLocalSize(ino);
