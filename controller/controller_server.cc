@@ -39,6 +39,7 @@
 #include "dsec/v1/job_service.grpc.pb.h"
 #include "dsec/v1/node_service.grpc.pb.h"
 #include "dsec/v1/sandbox_service.grpc.pb.h"
+#include "fs/image.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace dsec::controller {
@@ -160,6 +161,8 @@ struct ControllerServer::Impl {
     v1::Sandbox sb;
     std::optional<NodeIndex> node;
     bool recovered_starting = false;
+    // The agent's code when it refused the start outright (not retried).
+    absl::StatusCode start_error = absl::StatusCode::kOk;
   };
   struct NodeRec {
     v1::Node node;
@@ -494,6 +497,9 @@ struct ControllerServer::Impl {
 
   // ---- spec validation -----------------------------------------------------
   absl::Status ValidateSpec(const Caller& c, v1::SandboxSpec* spec) const {
+    if (!spec->image().empty()) {
+      RETURN_IF_ERROR(fs::ValidateImageName(spec->image()));
+    }
     const auto& lim = spec->limits();
     if (lim.cpu_millicores() < 0 || lim.memory_bytes() < 0 || lim.pids() < 0 ||
         lim.disk_bytes() < 0 || lim.disk_inodes() < 0 || lim.open_files() < 0 ||
@@ -983,6 +989,7 @@ struct ControllerServer::Impl {
         DSEC_LOG_INFO("controller: start {} refused ({}); attempt {}", c->id,
                       why, n);
         if (!retry || n >= options.max_start_attempts || args.only_node) {
+          if (!retry) r.start_error = static_cast<absl::StatusCode>(code);
           Transition(r, v1::SANDBOX_STATE_FAILED,
                      absl::StrCat("start failed: ", why), &batch);
           continue;
@@ -1139,17 +1146,24 @@ struct ControllerServer::Impl {
         Terminate(running, reason);
         absl::MutexLock l(&mu);
         std::string why;
+        // A request the agent refused as such (unknown image, bad spec)
+        // keeps the agent's code; capacity and node trouble is UNAVAILABLE.
+        absl::StatusCode code = absl::StatusCode::kUnavailable;
         for (const auto& id : ids) {
           auto it = sandboxes.find(id);
           if (it != sandboxes.end() &&
               it->second.sb.state() == v1::SANDBOX_STATE_FAILED) {
             why = it->second.sb.state_reason();
+            if (it->second.start_error != absl::StatusCode::kOk) {
+              code = it->second.start_error;
+            }
             break;
           }
         }
-        st = absl::UnavailableError(absl::StrCat(
-            "agents failed to start enough sandboxes (", running.size(), " of ",
-            args.min_count, " needed): ", why));
+        st = absl::Status(
+            code, absl::StrCat("agents failed to start enough sandboxes (",
+                               running.size(), " of ", args.min_count,
+                               " needed): ", why));
         running.clear();
       } else if (static_cast<int32_t>(running.size()) < args.count) {
         has_sf = true;

@@ -293,6 +293,9 @@ absl::StatusOr<ImportStats> ImportImage(FsClient& client,
         absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/dsec-image-XXXXXX");
     if (mkdtemp(tmpl.data()) == nullptr) return ErrnoStatus("mkdtemp");
     unpacked = dir = tmpl;
+    // The image root is the sandbox's "/": world-readable unless the
+    // tarball's "." entry says otherwise (mkdtemp made it 0700).
+    chmod(dir.c_str(), 0755);
     RETURN_IF_ERROR(RunTar(source, dir));
   }
   ASSIGN_OR_RETURN(v1::Inode images, client.MkdirAll(kImagesDir, 0755));

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <future>
 #include <limits>
 #include <optional>
@@ -21,8 +22,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -937,15 +940,43 @@ absl::Status FuseMount::Impl::Start() {
   return absl::OkStatus();
 }
 
+// The FUSE connection number (the mount's minor device) of `mountpoint`,
+// read from /proc/self/mountinfo so the file system itself is not touched.
+static std::optional<unsigned> FuseConnection(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  std::optional<unsigned> found;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    if (f.size() < 5 || f[4] != mountpoint) continue;
+    std::vector<std::string> dev = absl::StrSplit(f[2], ':');
+    unsigned minor = 0;
+    if (dev.size() == 2 && absl::SimpleAtoi(dev[1], &minor)) found = minor;
+  }
+  return found;
+}
+
 void FuseMount::Impl::Stop() {
   if (stopping_.exchange(true) || session_ == nullptr) return;
   fuse_session_exit(session_);
-  // Detaching the mount ends the kernel connection, which wakes the loop's
-  // threads blocked reading /dev/fuse.
-  if (mounted_ && umount2(options_.mountpoint.c_str(), MNT_DETACH) != 0 &&
+  if (!mounted_) return;
+  std::optional<unsigned> conn = FuseConnection(options_.mountpoint);
+  // A plain unmount ends the connection and wakes the loop's threads blocked
+  // reading /dev/fuse. If something still uses the mount (a sandbox overlay,
+  // an open file), detach it and abort the connection, or the threads would
+  // wait for the last user.
+  if (umount2(options_.mountpoint.c_str(), 0) == 0) return;
+  if (umount2(options_.mountpoint.c_str(), MNT_DETACH) != 0 &&
       errno != EINVAL) {
     DSEC_LOG_WARN("umount {}: {}", options_.mountpoint, std::strerror(errno));
   }
+  if (!conn.has_value()) return;
+  const std::string dir = "/sys/fs/fuse/connections";
+  if (access((dir + "/" + std::to_string(*conn)).c_str(), F_OK) != 0) {
+    (void)mount("fusectl", dir.c_str(), "fusectl", 0, nullptr);
+  }
+  std::ofstream abort_file(dir + "/" + std::to_string(*conn) + "/abort");
+  abort_file << "1";
 }
 
 void FuseMount::Impl::Shutdown() {

@@ -37,15 +37,17 @@ void CopyWithLibs(const std::string& path, const std::string& root) {
   dsec::testing::CommandResult r =
       dsec::testing::RunCommand("ldd " + path + " 2>/dev/null");
   for (absl::string_view line : absl::StrSplit(r.out, '\n')) {
-    for (absl::string_view word : absl::StrSplit(line, ' ')) {
+    for (absl::string_view word :
+         absl::StrSplit(line, absl::ByAnyChar(" \t"))) {
       if (!word.empty() && word[0] == '/') files.insert(std::string(word));
     }
   }
   for (const std::string& f : files) {
     std::filesystem::path dst = root + f;
     std::filesystem::create_directories(dst.parent_path());
-    std::filesystem::copy_file(std::filesystem::canonical(f), dst,
-                               std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(
+        std::filesystem::canonical(f), dst,
+        std::filesystem::copy_options::overwrite_existing);
     chmod(dst.c_str(), 0755);
   }
 }
@@ -70,6 +72,7 @@ TEST_F(FsImageTest, SandboxRunsFromAnImageImportedIntoDsecFs) {
   for (const char* d : {"/etc", "/tmp", "/proc", "/dev", "/root", "/data"}) {
     std::filesystem::create_directories(rootfs + d);
   }
+  chmod((rootfs + "/tmp").c_str(), 01777);
   std::ofstream(rootfs + "/etc/passwd") << "root:x:0:0:root:/root:/bin/sh\n";
   std::ofstream(rootfs + "/etc/group") << "root:x:0:\n";
   std::ofstream(rootfs + "/data/marker") << "from the image\n";
@@ -90,8 +93,9 @@ TEST_F(FsImageTest, SandboxRunsFromAnImageImportedIntoDsecFs) {
   auto fs_client =
       fs::FsClient::Create({.meta_address = (*cluster)->fs_meta_address()});
   ASSERT_OK(fs_client.status());
-  ASSERT_OK_AND_ASSIGN(ctl::ImportStats stats,
-                       ctl::ImportImage(**fs_client, "tiny", dir_.Join("tiny.tar")));
+  ASSERT_OK_AND_ASSIGN(
+      ctl::ImportStats stats,
+      ctl::ImportImage(**fs_client, "tiny", dir_.Join("tiny.tar")));
   EXPECT_GE(stats.files, 4u);
   // Importing the same name again is refused; bad names too.
   EXPECT_TRUE(absl::IsAlreadyExists(
@@ -120,14 +124,17 @@ TEST_F(FsImageTest, SandboxRunsFromAnImageImportedIntoDsecFs) {
   ASSERT_OK_AND_ASSIGN(
       client::ExecOutcome out,
       sb->Run(client::Command::Shell(
-          "cat /data/marker; echo changed > /data/marker; cat /data/marker; "
+          "cat /data/marker; echo changed > /tmp/new; cat /tmp/new; "
+          "echo overwrite > /data/marker 2>/dev/null || echo refused; "
           "ls /usr 2>&1; echo done")));
-  EXPECT_EQ(out.exit_code, 0) << out.stdout_data << out.stderr_data;
-  EXPECT_THAT(out.stdout_data, HasSubstr("from the image\nchanged\n"));
+  EXPECT_EQ(out.exit_code, 0) << out.stdout_data << "|" << out.stderr_data;
+  // Image files belong to the host's root, which the sandbox's root is not:
+  // they read but cannot be overwritten; the writable layer takes new files.
+  EXPECT_THAT(out.stdout_data, HasSubstr("from the image\nchanged\nrefused\n"));
   // Only the image: no host /usr bound in.
   EXPECT_THAT(out.stdout_data, HasSubstr("No such file"));
   EXPECT_THAT(out.stdout_data, HasSubstr("done"));
-  // The write stayed in the sandbox's layer.
+  // The image is unchanged.
   std::ifstream in(mounted);
   std::stringstream content;
   content << in.rdbuf();
@@ -138,7 +145,8 @@ TEST_F(FsImageTest, SandboxRunsFromAnImageImportedIntoDsecFs) {
   spec.set_image("no-such-image");
   absl::Status missing = client->CreateSandbox(spec).status();
   EXPECT_TRUE(absl::IsNotFound(missing)) << missing;
-  EXPECT_THAT(std::string(missing.message()), HasSubstr("dsecctl image import"));
+  EXPECT_THAT(std::string(missing.message()),
+              HasSubstr("dsecctl image import"));
   spec.set_image("../../etc");
   EXPECT_TRUE(absl::IsInvalidArgument(client->CreateSandbox(spec).status()));
   (*cluster)->Shutdown();
