@@ -18,6 +18,9 @@ PACKAGES=(
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   bubblewrap hyperfine iproute2 procps psmisc util-linux
+  # workloads the dsec-fs tests run inside the mount; passthrough_ll's source
+  # (libfuse3-dev examples) is the FUSE peer of the benchmarks
+  tar make sqlite3 strace
   # python module
   pybind11-dev python3-dev python3-pytest
 )
