@@ -210,6 +210,9 @@ absl::Status SandboxManager::Init() {
     sandbox::WarmPoolOptions pool_options;
     ASSIGN_OR_RETURN(pool_options.spec,
                      ToSandboxSpec(pool_class.spec, request_limits_));
+    if (!pool_class.spec.image().empty()) {
+      image_warmer_.Warm(pool_options.spec.layers.back());
+    }
     pool_options.target = pool_class.size;
     ASSIGN_OR_RETURN(auto pool,
                      sandbox::WarmPool::Create(runtime_.get(), pool_options));
@@ -285,6 +288,9 @@ absl::StatusOr<bool> SandboxManager::Launch(const std::string& id,
                                             absl::Time expire_time) {
   ASSIGN_OR_RETURN(sandbox::SandboxSpec sb_spec,
                    ToSandboxSpec(spec, request_limits_));
+  // The image is the bottom layer; see image_warmer.h for why the agent
+  // reads it before any sandbox does.
+  if (!spec.image().empty()) image_warmer_.Warm(sb_spec.layers.back());
   if (options_.memory_bytes > 0 &&
       ReservedMemory(spec) > options_.memory_bytes) {
     return absl::InvalidArgumentError("memory limit above the node's memory");

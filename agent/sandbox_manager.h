@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/convert.h"
+#include "agent/image_warmer.h"
 #include "common/metrics.h"
 #include "common/token.h"
 #include "dsec/v1/agent_service.pb.h"
@@ -155,6 +156,7 @@ class SandboxManager {
   std::map<std::string, std::unique_ptr<sandbox::WarmPool>> pools_;
   std::map<std::string, v1::SandboxSpec> pool_specs_;
 
+  ImageWarmer image_warmer_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Entry>> sandboxes_ ABSL_GUARDED_BY(mu_);
   struct SnapshotRecord {

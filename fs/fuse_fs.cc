@@ -214,8 +214,13 @@ class FuseMount::Impl {
   // files and lookups under sealed directories need no meta round trip.
   void NoteInode(const v1::Inode& inode);
   std::optional<v1::Inode> SealedInode(uint64_t ino);
+  // (parent, name) -> child inode (0: no such entry) under sealed parents.
+  std::optional<uint64_t> SealedChild(uint64_t parent, const char* name);
+  void NoteSealedChild(uint64_t parent, const char* name, uint64_t child);
   absl::Mutex sealed_mu_;
   absl::flat_hash_map<uint64_t, v1::Inode> sealed_ ABSL_GUARDED_BY(sealed_mu_);
+  absl::flat_hash_map<std::pair<uint64_t, std::string>, uint64_t>
+      sealed_children_ ABSL_GUARDED_BY(sealed_mu_);
 
   absl::Mutex cache_mu_;
   // ino -> (mtime_ns, size) when last opened.
@@ -252,6 +257,23 @@ void FuseMount::Impl::NoteInode(const v1::Inode& inode) {
   if (!inode.sealed()) return;
   absl::MutexLock lock(&sealed_mu_);
   if (sealed_.size() < (1u << 20)) sealed_.try_emplace(inode.id(), inode);
+}
+
+std::optional<uint64_t> FuseMount::Impl::SealedChild(uint64_t parent,
+                                                     const char* name) {
+  absl::MutexLock lock(&sealed_mu_);
+  auto it = sealed_children_.find(std::make_pair(parent, std::string(name)));
+  if (it == sealed_children_.end()) return std::nullopt;
+  return it->second;
+}
+
+void FuseMount::Impl::NoteSealedChild(uint64_t parent, const char* name,
+                                      uint64_t child) {
+  absl::MutexLock lock(&sealed_mu_);
+  if (sealed_children_.size() < (1u << 21)) {
+    sealed_children_.try_emplace(std::make_pair(parent, std::string(name)),
+                                 child);
+  }
 }
 
 std::optional<v1::Inode> FuseMount::Impl::SealedInode(uint64_t ino) {
@@ -399,7 +421,25 @@ void FuseMount::Impl::Init(void* userdata, fuse_conn_info* conn) {
 void FuseMount::Impl::Lookup(fuse_req_t req, fuse_ino_t parent,
                              const char* name) {
   Impl* self = Of(req);
-  absl::StatusOr<v1::Inode> inode = self->client_->Lookup(parent, name);
+  // Entries of sealed directories never change: answered from memory once
+  // seen (the kernel may still drop its own copies, e.g. when a sandbox's
+  // memory cgroup is emptied).
+  const bool sealed_parent = self->SealedInode(parent).has_value();
+  std::optional<uint64_t> known;
+  if (sealed_parent) known = self->SealedChild(parent, name);
+  absl::StatusOr<v1::Inode> inode;
+  if (known.has_value() && *known == 0) {
+    inode = absl::NotFoundError("sealed directory: no such entry");
+  } else if (std::optional<v1::Inode> child =
+                 known.has_value() ? self->SealedInode(*known) : std::nullopt) {
+    inode = std::move(*child);
+  } else {
+    inode = self->client_->Lookup(parent, name);
+    if (sealed_parent &&
+        (absl::IsNotFound(inode.status()) || (inode.ok() && inode->sealed()))) {
+      self->NoteSealedChild(parent, name, inode.ok() ? inode->id() : 0);
+    }
+  }
   if (absl::IsNotFound(inode.status())) {
     // Negative entry, cached like a positive one.
     fuse_entry_param e;
