@@ -287,6 +287,9 @@ absl::StatusOr<v1::Inode> FsClient::Open(uint64_t ino, bool for_write) {
   return std::move(*reply.mutable_inode());
 }
 
+// Open handles live in dsec-meta's memory: after a meta restart it answers
+// EBADF for a handle opened before. The handle is registered again (Open
+// for write) and the call repeated once, so a writer's length still commits.
 absl::Status FsClient::Close(uint64_t ino, std::optional<uint64_t> new_size) {
   v1::CloseRequest request;
   request.set_ino(ino);
@@ -295,7 +298,12 @@ absl::Status FsClient::Close(uint64_t ino, std::optional<uint64_t> new_size) {
     request.set_size(*new_size);
   }
   v1::CloseResponse reply;
-  return DSEC_META_CALL(Close, request, reply);
+  absl::Status status = DSEC_META_CALL(Close, request, reply);
+  if (ErrnoOf(status) == EBADF) {
+    RETURN_IF_ERROR(Open(ino, /*for_write=*/new_size.has_value()).status());
+    status = DSEC_META_CALL(Close, request, reply);
+  }
+  return status;
 }
 
 absl::Status FsClient::Fsync(uint64_t ino, uint64_t new_size) {
@@ -303,7 +311,13 @@ absl::Status FsClient::Fsync(uint64_t ino, uint64_t new_size) {
   request.set_ino(ino);
   request.set_size(new_size);
   v1::FsyncResponse reply;
-  return DSEC_META_CALL(Fsync, request, reply);
+  absl::Status status = DSEC_META_CALL(Fsync, request, reply);
+  if (ErrnoOf(status) == EBADF) {
+    // Registers the handle again; the caller's Close releases it.
+    RETURN_IF_ERROR(Open(ino, /*for_write=*/true).status());
+    status = DSEC_META_CALL(Fsync, request, reply);
+  }
+  return status;
 }
 
 absl::StatusOr<uint64_t> FsClient::Seal(uint64_t ino, bool recursive) {

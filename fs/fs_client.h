@@ -110,6 +110,8 @@ class FsClient {
                                       size_t max_entries);
   absl::StatusOr<v1::StatFsResponse> StatFs();
   absl::StatusOr<v1::Inode> Open(uint64_t ino, bool for_write);
+  // Both survive a meta server restart that forgot the handle: they open it
+  // again and repeat the call once.
   absl::Status Close(uint64_t ino, std::optional<uint64_t> new_size);
   absl::Status Fsync(uint64_t ino, uint64_t new_size);
   // Returns how many inodes were sealed.

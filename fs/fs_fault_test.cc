@@ -132,8 +132,8 @@ TEST(FsFaultTest, ChunkServerKilledMidWriteStreamLosesNoAcknowledgedWrite) {
             << replica.status();
         const std::string& got = *replica;
         EXPECT_TRUE(got == want)
-            << path << " chunk " << index << " on " << server.node_id()
-            << ": " << got.size() << " bytes, want " << want.size()
+            << path << " chunk " << index << " on " << server.node_id() << ": "
+            << got.size() << " bytes, want " << want.size()
             << ", first difference at "
             << std::mismatch(got.begin(), got.end(), want.begin(), want.end())
                        .first -
@@ -203,6 +203,10 @@ TEST(FsFaultTest, MetaServerKilledRestartsWithNamespaceIntact) {
   }
   ASSERT_OK(client.Rename(client.Stat("/tree").value().id(), "d0",
                           client.Stat("/tree").value().id(), "renamed"));
+  // A file open for writing across the restart.
+  ASSERT_OK_AND_ASSIGN(v1::Inode open_file,
+                       client.Create(kRootIno, "open", 0644, 0, 0, true));
+  ASSERT_OK(client.Write(FileRef::Of(open_file), 0, "written before"));
   ASSERT_OK(cluster->KillMeta());
   // While it is down, namespace calls fail (after retries) as UNAVAILABLE.
   auto impatient =
@@ -217,6 +221,10 @@ TEST(FsFaultTest, MetaServerKilledRestartsWithNamespaceIntact) {
     EXPECT_EQ(back, data) << p;
   }
   EXPECT_TRUE(absl::IsNotFound(client.Stat("/tree/d0").status()));
+  // The restarted server forgot the handle; fsync and close still commit.
+  ASSERT_OK(client.Fsync(open_file.id(), 14));
+  ASSERT_OK(client.Close(open_file.id(), 14));
+  EXPECT_EQ(client.ReadFile("/open").value(), "written before");
   // And it keeps working.
   ASSERT_OK(client.WriteFile("/after", "after restart"));
   EXPECT_EQ(client.ReadFile("/after").value(), "after restart");
