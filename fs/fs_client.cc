@@ -528,19 +528,15 @@ absl::Status FsClient::Write(const FileRef& file, uint64_t offset,
   });
 }
 
-// Sends one request to the head of the chain of chunk (ino, index), retrying
-// retryable failures with a refreshed table. `call` issues the RPC.
-template <typename Call>
-static absl::Status ToHead(
+absl::Status FsClient::CallHead(
     const FileRef& file, uint32_t index,
-    const std::function<
-        absl::StatusOr<std::shared_ptr<const v1::ChainTable>>(bool)>& get_table,
-    const std::function<v1::FsChunkService::Stub*(const std::string&)>& stub,
-    const std::function<bool(const absl::Status&)>& should_retry, Call call) {
+    const std::function<absl::Status(v1::FsChunkService::Stub*,
+                                     const v1::ChainRef&)>& call) {
+  Retrier retrier(this);
   bool refresh = false;
   while (true) {
     ASSIGN_OR_RETURN(std::shared_ptr<const v1::ChainTable> table,
-                     get_table(refresh));
+                     GetTable(refresh));
     ASSIGN_OR_RETURN(const v1::Chain* chain, ChainFor(*table, file.ino, index));
     std::vector<std::string> order = WriteOrder(*chain);
     absl::Status status;
@@ -555,10 +551,10 @@ static absl::Status ToHead(
         v1::ChainRef ref;
         ref.set_chain_id(chain->id());
         ref.set_chain_version(chain->version());
-        status = call(stub(*address), ref);
+        status = call(ChunkStub(*address), ref);
       }
     }
-    if (status.ok() || !should_retry(status)) return status;
+    if (status.ok() || !retrier.ShouldRetry(status)) return status;
     refresh = true;
   }
 }
@@ -574,19 +570,15 @@ absl::Status FsClient::WriteChunk(const FileRef& file, const ChunkSpan& span,
   request.mutable_chunk()->set_index(span.index);
   request.set_offset(span.offset_in_chunk);
   request.set_data(std::string(data));
-  Retrier retrier(this);
-  return ToHead(
-      file, span.index, [this](bool r) { return GetTable(r); },
-      [this](const std::string& a) { return ChunkStub(a); },
-      [&retrier](const absl::Status& s) { return retrier.ShouldRetry(s); },
-      [&](v1::FsChunkService::Stub* stub, const v1::ChainRef& ref) {
-        *request.mutable_chain() = ref;
-        grpc::ClientContext context;
-        PrepareContext(&context);
-        v1::ChunkWriteResponse reply;
-        return FromGrpcFsStatus(context,
-                                stub->Write(&context, request, &reply));
-      });
+  return CallHead(file, span.index,
+                  [&](v1::FsChunkService::Stub* stub, const v1::ChainRef& ref) {
+                    *request.mutable_chain() = ref;
+                    grpc::ClientContext context;
+                    PrepareContext(&context);
+                    v1::ChunkWriteResponse reply;
+                    return FromGrpcFsStatus(
+                        context, stub->Write(&context, request, &reply));
+                  });
 }
 
 absl::Status FsClient::TruncateChunk(const FileRef& file, uint32_t index,
@@ -595,19 +587,16 @@ absl::Status FsClient::TruncateChunk(const FileRef& file, uint32_t index,
   request.mutable_chunk()->set_inode(file.ino);
   request.mutable_chunk()->set_index(index);
   request.set_length(length);
-  Retrier retrier(this);
-  absl::Status status = ToHead(
-      file, index, [this](bool r) { return GetTable(r); },
-      [this](const std::string& a) { return ChunkStub(a); },
-      [&retrier](const absl::Status& s) { return retrier.ShouldRetry(s); },
-      [&](v1::FsChunkService::Stub* stub, const v1::ChainRef& ref) {
-        *request.mutable_chain() = ref;
-        grpc::ClientContext context;
-        PrepareContext(&context);
-        v1::ChunkWriteResponse reply;
-        return FromGrpcFsStatus(context,
-                                stub->Truncate(&context, request, &reply));
-      });
+  absl::Status status =
+      CallHead(file, index,
+               [&](v1::FsChunkService::Stub* stub, const v1::ChainRef& ref) {
+                 *request.mutable_chain() = ref;
+                 grpc::ClientContext context;
+                 PrepareContext(&context);
+                 v1::ChunkWriteResponse reply;
+                 return FromGrpcFsStatus(
+                     context, stub->Truncate(&context, request, &reply));
+               });
   // A chunk never written has nothing to cut.
   return absl::IsNotFound(status) ? absl::OkStatus() : status;
 }
@@ -632,11 +621,8 @@ absl::Status FsClient::RemoveChunksFrom(const FileRef& file,
     v1::ChunkRemoveRequest request;
     request.set_inode(file.ino);
     request.set_from_index(from_index);
-    Retrier retrier(this);
-    return ToHead(
-        file, index, [this](bool r) { return GetTable(r); },
-        [this](const std::string& a) { return ChunkStub(a); },
-        [&retrier](const absl::Status& s) { return retrier.ShouldRetry(s); },
+    return CallHead(
+        file, index,
         [&](v1::FsChunkService::Stub* stub, const v1::ChainRef& ref) {
           *request.mutable_chain() = ref;
           grpc::ClientContext context;

@@ -25,6 +25,7 @@
 #define DSEC_FS_FS_CLIENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -173,6 +174,12 @@ class FsClient {
                              uint64_t length);
   absl::Status RemoveChunksFrom(const FileRef& file, uint32_t from_index,
                                 uint32_t end_index);
+  // Sends one request (`call`) to the head of the chain of chunk
+  // (file.ino, index), retrying retryable failures with a refreshed table.
+  absl::Status CallHead(
+      const FileRef& file, uint32_t index,
+      const std::function<absl::Status(v1::FsChunkService::Stub*,
+                                       const v1::ChainRef&)>& call);
   // The cached table, fetching it if there is none; with `refresh`, asks the
   // meta server for anything newer than the cached one.
   absl::StatusOr<std::shared_ptr<const v1::ChainTable>> GetTable(bool refresh);

@@ -77,8 +77,8 @@ class FsMountTest : public ::testing::Test {
     cluster_ = cluster->release();
     auto mnt = cluster_->Mount();
     if (!mnt.ok()) {
-      setup_error_ = new std::string(mnt.status().ToString() + "\n" +
-                                     cluster_->Logs());
+      setup_error_ =
+          new std::string(mnt.status().ToString() + "\n" + cluster_->Logs());
       return;
     }
     mnt_ = new std::string(*mnt);
@@ -95,10 +95,9 @@ class FsMountTest : public ::testing::Test {
                               "root and /dev/fuse");
     ASSERT_EQ(setup_error_, nullptr) << *setup_error_;
     ASSERT_NE(mnt_, nullptr);
-    dir_ = absl::StrCat(*mnt_, "/",
-                        ::testing::UnitTest::GetInstance()
-                            ->current_test_info()
-                            ->name());
+    dir_ = absl::StrCat(
+        *mnt_, "/",
+        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     ASSERT_EQ(mkdir(dir_.c_str(), 0755), 0) << strerror(errno);
   }
 
@@ -128,10 +127,9 @@ TEST_F(FsMountTest, WriteReadAcrossChunksAndNativeClientAgrees) {
   EXPECT_EQ(static_cast<uint64_t>(st.st_size), data.size());
   EXPECT_EQ(ReadAll(P("big")), data);
   // Through the native client, bypassing FUSE.
-  std::string path = absl::StrCat("/", ::testing::UnitTest::GetInstance()
-                                           ->current_test_info()
-                                           ->name(),
-                                  "/big");
+  std::string path = absl::StrCat(
+      "/", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+      "/big");
   ASSERT_OK_AND_ASSIGN(std::string native, cluster_->client().ReadFile(path));
   EXPECT_EQ(native, data);
 }
@@ -339,8 +337,7 @@ TEST_F(FsMountTest, ModeAndTimesPersist) {
   ASSERT_OK_AND_ASSIGN(
       v1::Inode inode,
       cluster_->client().ResolvePath(absl::StrCat(
-          "/",
-          ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+          "/", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
           "/m")));
   EXPECT_EQ(inode.mode(), 0600u);
   EXPECT_EQ(inode.mtime_ns(), 2000 * 1000000000LL + 7);
@@ -381,18 +378,17 @@ TEST_F(FsMountTest, WorkloadTarMakeGcc) {
       << "app: src/main.o src/lib.o\n\tgcc -o app src/main.o src/lib.o\n"
          "src/%.o: src/%.c src/lib.h\n\tgcc -O1 -c -o $@ $<\n"
          "clean:\n\trm -f app src/*.o\n";
-  CommandResult r = RunCommand("tar -C " + src.path() + " -cf " +
-                               src.Join("proj.tar") + " proj && tar -C " +
-                               dir_ + " -xf " + src.Join("proj.tar"));
+  CommandResult r =
+      RunCommand("tar -C " + src.path() + " -cf " + src.Join("proj.tar") +
+                 " proj && tar -C " + dir_ + " -xf " + src.Join("proj.tar"));
   ASSERT_EQ(r.exit_code, 0) << r.out;
   r = RunCommand("make -C " + dir_ + "/proj 2>&1 && " + dir_ + "/proj/app");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("sum=42"), std::string::npos) << r.out;
   // Rebuild after an edit, then clean.
   r = RunCommand("sleep 1 && sed -i 's/40/41/' " + dir_ +
-                 "/proj/src/main.c && make -C " + dir_ +
-                 "/proj 2>&1 && " + dir_ + "/proj/app && make -C " + dir_ +
-                 "/proj clean");
+                 "/proj/src/main.c && make -C " + dir_ + "/proj 2>&1 && " +
+                 dir_ + "/proj/app && make -C " + dir_ + "/proj clean");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("sum=43"), std::string::npos) << r.out;
   EXPECT_NE(access((dir_ + "/proj/app").c_str(), F_OK), 0);
@@ -429,8 +425,8 @@ TEST_F(FsMountTest, BadInputGetsClearErrors) {
   EXPECT_EQ(ErrnoOf(c.Lookup(kRootIno, "a/b").status()), EINVAL);
   EXPECT_EQ(ErrnoOf(c.Lookup(kRootIno, "..").status()), EINVAL);
   EXPECT_EQ(ErrnoOf(c.GetAttr(987654321).status()), ENOENT);
-  EXPECT_TRUE(absl::IsInvalidArgument(
-      c.Read(FileRef{5, 0}, 100, 0, 10).status()));
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(c.Read(FileRef{5, 0}, 100, 0, 10).status()));
   // A file never written reads as zeros up to the length the caller claims
   // (a hole), and an unknown inode's chunks are holes too.
   ASSERT_OK_AND_ASSIGN(std::string zeros,
