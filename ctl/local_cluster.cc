@@ -145,30 +145,9 @@ absl::Status LocalCluster::StartFs(const LocalClusterOptions& options) {
   ASSIGN_OR_RETURN(fs_client_,
                    fs::FsClient::Create({.meta_address = fs_meta_address()}));
   // Ready when every chain has its replicas serving.
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (true) {
-    auto probe = fs::FsClient::Create({.meta_address = fs_meta_address()});
-    RETURN_IF_ERROR(probe.status());
-    absl::StatusOr<v1::ChainTable> table = (*probe)->Table();
-    bool ready = table.ok() && table->chains_size() > 0;
-    if (ready) {
-      for (const v1::Chain& c : table->chains()) {
-        int serving = 0;
-        for (const v1::ChainMember& m : c.members()) {
-          serving += m.state() == v1::CHAIN_MEMBER_STATE_SERVING;
-        }
-        if (serving < static_cast<int>(mopts.cluster.replication)) {
-          ready = false;
-        }
-      }
-    }
-    if (ready) break;
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(
-          "dsec-fs chunk servers did not form their chains within 30s");
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  RETURN_IF_ERROR(fs::WaitForServingChains(
+      fs_meta_address(), static_cast<int>(mopts.cluster.replication),
+      absl::Seconds(30)));
   fs::FuseMountOptions fopts;
   fopts.mountpoint = mountpoint_;
   ASSIGN_OR_RETURN(mount_, fs::FuseMount::Mount(fs_client_.get(), fopts));

@@ -761,4 +761,39 @@ absl::Status FsClient::Remove(absl::string_view path, bool recursive) {
   return Rmdir(parent.id(), name);
 }
 
+absl::Status WaitForServingChains(const std::string& meta_address, int serving,
+                                  absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string last = "no table";
+  while (true) {
+    // A fresh client each round: Table() caches.
+    ASSIGN_OR_RETURN(std::unique_ptr<FsClient> probe,
+                     FsClient::Create({.meta_address = meta_address,
+                                       .rpc_timeout = absl::Seconds(2),
+                                       .retry_budget = absl::ZeroDuration()}));
+    absl::StatusOr<v1::ChainTable> table = probe->Table();
+    if (table.ok()) {
+      bool ready = table->chains_size() > 0;
+      for (const v1::Chain& chain : table->chains()) {
+        int s = 0, syncing = 0;
+        for (const v1::ChainMember& m : chain.members()) {
+          s += m.state() == v1::CHAIN_MEMBER_STATE_SERVING;
+          syncing += m.state() == v1::CHAIN_MEMBER_STATE_SYNCING;
+        }
+        if (s < serving || syncing != 0) ready = false;
+      }
+      if (ready) return absl::OkStatus();
+      last = table->ShortDebugString();
+    } else {
+      last = table.status().ToString();
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("dsec-fs chains never reached ", serving,
+                       " serving members; last: ", last));
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
 }  // namespace dsec::fs

@@ -198,6 +198,13 @@ class FsClient {
   uint64_t read_rotor_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// Polls the meta server at `meta_address` until its chain table has chains,
+// each with at least `serving` SERVING members and none SYNCING
+// (DEADLINE_EXCEEDED with the last table seen otherwise). For start-up and
+// tests.
+absl::Status WaitForServingChains(const std::string& meta_address, int serving,
+                                  absl::Duration timeout);
+
 }  // namespace dsec::fs
 
 #endif  // DSEC_FS_FS_CLIENT_H_

@@ -158,41 +158,7 @@ absl::Status FsTestCluster::RestartMeta() {
 }
 
 absl::Status FsTestCluster::WaitForChains(int serving, absl::Duration timeout) {
-  absl::Time deadline = absl::Now() + timeout;
-  std::string last = "no table";
-  auto probe = FsClient::Create({.meta_address = meta_address_,
-                                 .rpc_timeout = absl::Seconds(2),
-                                 .retry_budget = absl::ZeroDuration()});
-  RETURN_IF_ERROR(probe.status());
-  while (absl::Now() < deadline) {
-    absl::StatusOr<v1::ChainTable> table = (*probe)->Table();
-    if (table.ok()) {
-      bool ok = table->chains_size() == options_.num_chains;
-      for (const v1::Chain& chain : table->chains()) {
-        int s = 0, syncing = 0;
-        for (const v1::ChainMember& m : chain.members()) {
-          s += m.state() == v1::CHAIN_MEMBER_STATE_SERVING;
-          syncing += m.state() == v1::CHAIN_MEMBER_STATE_SYNCING;
-        }
-        if (s != serving || syncing != 0) ok = false;
-      }
-      if (ok) {
-        // Clients holding an older table refresh on their next ABORTED.
-        return absl::OkStatus();
-      }
-      last = table->DebugString();
-    } else {
-      last = table.status().ToString();
-    }
-    // A fresh probe each round: Table() caches.
-    probe = FsClient::Create({.meta_address = meta_address_,
-                              .rpc_timeout = absl::Seconds(2),
-                              .retry_budget = absl::ZeroDuration()});
-    RETURN_IF_ERROR(probe.status());
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  return absl::DeadlineExceededError(absl::StrCat(
-      "chains never reached ", serving, " serving members; last: ", last));
+  return WaitForServingChains(meta_address_, serving, timeout);
 }
 
 absl::Status FsTestCluster::WaitOffline(const std::string& node_id,
