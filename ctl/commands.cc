@@ -450,6 +450,7 @@ const char kHelp[] =
     "$DSEC_FS_META or 127.0.0.1:9400)\n"
     "\n"
     "  local up [--data_dir DIR] [--port 7070] [--demo] [--count N]\n"
+    "           [--run CMD ARGS...]  run CMD against the cluster, then stop\n"
     "  nodes list | cordon NODE | uncordon NODE | drain NODE\n"
     "  sandboxes list [--job J] [--state S] | inspect ID | delete ID... | "
     "delete --job J\n"

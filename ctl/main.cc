@@ -1,8 +1,11 @@
 // dsecctl: the admin CLI. Global flags, then a command (see commands.h).
 // `local up` runs a whole single-node cluster in this process until Ctrl-C.
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -18,6 +21,40 @@
 
 namespace {
 
+// Runs `argv` as a child of this process (so it shares the private mount
+// namespace and sees the dsec-fs mount) with the cluster's addresses in its
+// environment; returns its exit status (128 + signal if killed).
+int RunChild(const std::vector<std::string>& argv,
+             const dsec::ctl::LocalCluster& cluster) {
+  std::vector<char*> cargv;
+  for (const std::string& a : argv)
+    cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    std::cerr << "error: fork: " << strerror(errno) << "\n";
+    return 1;
+  }
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    setenv("DSEC_CONTROLLER", cluster.controller_address().c_str(), 1);
+    if (!cluster.fs_meta_address().empty()) {
+      setenv("DSEC_FS_META", cluster.fs_meta_address().c_str(), 1);
+      setenv("DSEC_FS_MOUNT", cluster.fs_mountpoint().c_str(), 1);
+    }
+    execvp(cargv[0], cargv.data());
+    fprintf(stderr, "error: cannot run %s: %s\n", cargv[0], strerror(errno));
+    _exit(127);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
 int LocalUp(dsec::ctl::CommandContext ctx,
             const std::vector<std::string>& args) {
   // Still single-threaded: the cluster's host-side mounts die with us.
@@ -28,6 +65,7 @@ int LocalUp(dsec::ctl::CommandContext ctx,
   bool demo = false;
   bool fs_port_set = false;
   int count = 8;
+  std::vector<std::string> run;  // --run CMD ARGS...: the rest of the line
   for (size_t i = 2; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&]() -> std::string {
@@ -63,11 +101,18 @@ int LocalUp(dsec::ctl::CommandContext ctx,
       demo = true;
     } else if (a == "--count") {
       if (!absl::SimpleAtoi(value(), &count) || count < 1) return 2;
+    } else if (a == "--run") {
+      run.assign(args.begin() + i + 1, args.end());
+      if (run.empty()) {
+        std::cerr << "usage error: --run needs a command\n";
+        return 2;
+      }
+      break;
     } else {
       std::cerr << "usage error: unknown flag " << a
                 << " (local up [--data_dir DIR] [--port N] [--warm_pool N] "
                    "[--max_sandboxes N] [--metrics_port N] [--fs_port N] "
-                   "[--no_fs] [--demo] [--count N])\n";
+                   "[--no_fs] [--demo] [--count N] [--run CMD ARGS...])\n";
       return 2;
     }
   }
@@ -103,7 +148,12 @@ int LocalUp(dsec::ctl::CommandContext ctx,
   if (demo) {
     ctx.conn.controller = (*cluster)->controller_address();
     rc = dsec::ctl::RunDemo(ctx, count, std::cout, std::cerr);
-  } else {
+  }
+  if (rc == 0 && !run.empty()) {
+    std::cout << "\n== " << run[0] << " against the local cluster\n"
+              << std::flush;
+    rc = RunChild(run, **cluster);
+  } else if (!demo) {
     std::cout << "export DSEC_CONTROLLER=" << (*cluster)->controller_address();
     if (options.fs) {
       std::cout << " DSEC_FS_META=" << (*cluster)->fs_meta_address();

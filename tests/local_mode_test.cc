@@ -126,5 +126,22 @@ TEST_F(LocalModeTest, DemoRunsEndToEndAndExitsZero) {
   EXPECT_EQ(CountMountsUnder(dir_.Join("d")), 0);
 }
 
+// `--run CMD` runs a command against the cluster (sharing its mount
+// namespace, so dsec-fs is visible), passes its exit status on and stops.
+TEST_F(LocalModeTest, RunExecutesACommandAgainstTheCluster) {
+  const std::string data = dir_.Join("r");
+  CmdResult r = Sh(ctl_ + " local up --port 0 --data_dir " + data +
+                   " --run sh -c 'echo ctl=$DSEC_CONTROLLER; "
+                   "echo hi > $DSEC_FS_MOUNT/from-child && "
+                   "cat $DSEC_FS_MOUNT/from-child && " +
+                   ctl_ + " nodes list >/dev/null && exit 7'");
+  EXPECT_EQ(r.exit_code, 7) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("ctl=127.0.0.1:"));
+  EXPECT_THAT(r.out, HasSubstr("hi\n"));
+  EXPECT_EQ(CountMountsUnder(data), 0);
+  CmdResult bad = Sh(ctl_ + " local up --port 0 --data_dir " + data + " --run");
+  EXPECT_EQ(bad.exit_code, 2) << bad.out;
+}
+
 }  // namespace
 }  // namespace dsec
