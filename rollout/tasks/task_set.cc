@@ -40,8 +40,10 @@ constexpr int kMaxTimeoutSeconds = 3600;
 
 absl::Status Invalid(absl::string_view file, absl::string_view field,
                      absl::string_view what) {
-  if (field.empty()) return absl::InvalidArgumentError(absl::StrCat(file, ": ", what));
-  return absl::InvalidArgumentError(absl::StrCat(file, ": ", field, ": ", what));
+  if (field.empty())
+    return absl::InvalidArgumentError(absl::StrCat(file, ": ", what));
+  return absl::InvalidArgumentError(
+      absl::StrCat(file, ": ", field, ": ", what));
 }
 
 // Reads a regular file of at most kMaxTaskFileBytes without following a
@@ -54,7 +56,8 @@ absl::StatusOr<std::string> ReadTaskFile(const std::string& path,
     return ErrnoStatus(absl::StrCat("open ", path));
   }
   struct stat st;
-  if (fstat(fd.get(), &st) != 0) return ErrnoStatus(absl::StrCat("stat ", path));
+  if (fstat(fd.get(), &st) != 0)
+    return ErrnoStatus(absl::StrCat("stat ", path));
   if (!S_ISREG(st.st_mode)) return Invalid(path, "", "not a regular file");
   if (st.st_size > kMaxTaskFileBytes) {
     return Invalid(path, "",
@@ -102,7 +105,8 @@ absl::StatusOr<std::vector<TaskFile>> ReadTree(const std::string& root,
                      "is a symlink (could point outside the task)");
     }
     if (fs::is_directory(st)) continue;
-    if (!fs::is_regular_file(st)) return Invalid(p.string(), "", "not a regular file");
+    if (!fs::is_regular_file(st))
+      return Invalid(p.string(), "", "not a regular file");
     TaskFile f;
     f.path = std::move(rel);
     ASSIGN_OR_RETURN(f.content, ReadTaskFile(p.string(), &f.mode));
@@ -111,8 +115,9 @@ absl::StatusOr<std::vector<TaskFile>> ReadTree(const std::string& root,
   if (ec) {
     return absl::InternalError(absl::StrCat("walk ", root, ": ", ec.message()));
   }
-  std::sort(out.begin(), out.end(),
-            [](const TaskFile& a, const TaskFile& b) { return a.path < b.path; });
+  std::sort(out.begin(), out.end(), [](const TaskFile& a, const TaskFile& b) {
+    return a.path < b.path;
+  });
   return out;
 }
 
@@ -211,8 +216,9 @@ absl::Status ParseTest(const std::string& file, const Json& root,
   if (timeout == nullptr) return Invalid(file, "test.timeout_s", "missing");
   if (!timeout->is_number() || timeout->get<double>() <= 0 ||
       timeout->get<double>() > kMaxTimeoutSeconds) {
-    return Invalid(file, "test.timeout_s",
-                   absl::StrCat("not a number in (0, ", kMaxTimeoutSeconds, "]"));
+    return Invalid(
+        file, "test.timeout_s",
+        absl::StrCat("not a number in (0, ", kMaxTimeoutSeconds, "]"));
   }
   absl::Duration limit = absl::Seconds(timeout->get<double>());
   auto shell = [&](std::string script) {
@@ -223,7 +229,8 @@ absl::Status ParseTest(const std::string& file, const Json& root,
 
   ASSIGN_OR_RETURN(std::string command, test.String("command", true, true));
   spec->test_command = shell(std::move(command));
-  ASSIGN_OR_RETURN(std::optional<std::string> setup, test.OptionalString("setup"));
+  ASSIGN_OR_RETURN(std::optional<std::string> setup,
+                   test.OptionalString("setup"));
   if (setup.has_value()) {
     if (setup->empty()) return Invalid(file, "test.setup", "empty");
     spec->setup = shell(std::move(*setup));
@@ -246,7 +253,8 @@ absl::Status ParseTest(const std::string& file, const Json& root,
       ASSIGN_OR_RETURN(tc.name, f.String("name", true, true));
       ASSIGN_OR_RETURN(tc.stdin_data, f.OptionalString("stdin"));
       ASSIGN_OR_RETURN(tc.expected_stdout, f.OptionalString("expected_stdout"));
-      ASSIGN_OR_RETURN(std::optional<std::string> cmd, f.OptionalString("command"));
+      ASSIGN_OR_RETURN(std::optional<std::string> cmd,
+                       f.OptionalString("command"));
       if (cmd.has_value()) {
         if (cmd->empty()) return Invalid(file, f.Name("command"), "empty");
         tc.command = shell(std::move(*cmd));
@@ -324,9 +332,10 @@ absl::StatusOr<Task> LoadTask(const std::string& task_dir) {
   ASSIGN_OR_RETURN(task.id, f.String("id", true, true));
   std::string base = fs::path(dir).filename().string();
   if (task.id != base) {
-    return Invalid(json_file, "id",
-                   absl::StrCat("'", task.id, "' differs from the directory name '",
-                                base, "'"));
+    return Invalid(
+        json_file, "id",
+        absl::StrCat("'", task.id, "' differs from the directory name '", base,
+                     "'"));
   }
   ASSIGN_OR_RETURN(task.language, f.String("language", true));
   RETURN_IF_ERROR(CheckOneOf(json_file, "language", task.language,
@@ -347,11 +356,13 @@ absl::StatusOr<Task> LoadTask(const std::string& task_dir) {
   ASSIGN_OR_RETURN(task.files, ReadTree(dir + "/files", /*optional=*/false));
   // hidden/ may be absent (git keeps no empty directory): case-only tasks.
   ASSIGN_OR_RETURN(task.hidden, ReadTree(dir + "/hidden", /*optional=*/true));
-  ASSIGN_OR_RETURN(task.solution, ReadTree(dir + "/solution", /*optional=*/false));
+  ASSIGN_OR_RETURN(task.solution,
+                   ReadTree(dir + "/solution", /*optional=*/false));
   if (task.solution.empty()) {
     return Invalid(dir + "/solution", "", "holds no file");
   }
-  RETURN_IF_ERROR(ParseMistake(dir + "/mistake.json", task.solution, &task.mistake));
+  RETURN_IF_ERROR(
+      ParseMistake(dir + "/mistake.json", task.solution, &task.mistake));
 
   for (const TaskFile& h : task.hidden) {
     task.reward.files.push_back({h.path, h.content, h.mode});
@@ -362,7 +373,8 @@ absl::StatusOr<Task> LoadTask(const std::string& task_dir) {
 absl::StatusOr<std::vector<Task>> LoadTaskSet(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
-    return absl::NotFoundError(absl::StrCat("task set ", dir, ": not a directory"));
+    return absl::NotFoundError(
+        absl::StrCat("task set ", dir, ": not a directory"));
   }
   std::vector<std::string> names;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end;
@@ -373,7 +385,8 @@ absl::StatusOr<std::vector<Task>> LoadTaskSet(const std::string& dir) {
     if (ec) break;
     if (fs::is_directory(st)) names.push_back(std::move(name));
   }
-  if (ec) return absl::InternalError(absl::StrCat("list ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("list ", dir, ": ", ec.message()));
   std::sort(names.begin(), names.end());
   std::vector<Task> tasks;
   tasks.reserve(names.size());

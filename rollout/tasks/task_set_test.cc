@@ -37,13 +37,13 @@ namespace dsec::tasks {
 namespace {
 
 namespace fs = std::filesystem;
+using client::reward::EvalState;
+using client::reward::ParserKind;
+using client::reward::RewardPolicy;
 using ::dsec::testing::IsOk;
 using ::dsec::testing::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-using client::reward::EvalState;
-using client::reward::ParserKind;
-using client::reward::RewardPolicy;
 
 void WriteText(const std::string& path, const std::string& text) {
   fs::create_directories(fs::path(path).parent_path());
@@ -81,9 +81,11 @@ class TaskDirTest : public ::testing::Test {
   void SetUp() override {
     task_ = dir_.Join("t1");
     WriteText(task_ + "/task.json", kTaskJson);
-    WriteText(task_ + "/files/add.py", "def add(a, b):\n    raise NotImplementedError\n");
-    WriteText(task_ + "/hidden/test_add.py",
-              "from add import add\n\ndef test_add():\n    assert add(1, 2) == 3\n");
+    WriteText(task_ + "/files/add.py",
+              "def add(a, b):\n    raise NotImplementedError\n");
+    WriteText(
+        task_ + "/hidden/test_add.py",
+        "from add import add\n\ndef test_add():\n    assert add(1, 2) == 3\n");
     WriteText(task_ + "/solution/add.py", "def add(a, b):\n    return a + b\n");
     WriteText(task_ + "/solution/bin/run.sh", "#!/bin/sh\necho hi\n");
     chmod((task_ + "/solution/bin/run.sh").c_str(), 0755);
@@ -157,9 +159,9 @@ TEST_F(TaskDirTest, HiddenDirectoryIsOptional) {
 
 TEST_F(TaskDirTest, BadJsonNamesTheFile) {
   WriteText(task_ + "/task.json", "{\"id\": \"t1\", ");
-  EXPECT_THAT(LoadTask(task_),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("task.json"), HasSubstr("not valid JSON"))));
+  EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        AllOf(HasSubstr("task.json"),
+                                              HasSubstr("not valid JSON"))));
   WriteText(task_ + "/task.json", "[1, 2]");
   EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
                                         HasSubstr("not a JSON object")));
@@ -171,9 +173,10 @@ TEST_F(TaskDirTest, BadJsonNamesTheFile) {
 
 TEST_F(TaskDirTest, MissingOrMistypedFieldsAreNamed) {
   EditTaskJson("\"statement\": \"Implement add(a, b) in add.py.\",", "");
-  EXPECT_THAT(LoadTask(task_),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("task.json"), HasSubstr("statement: missing"))));
+  EXPECT_THAT(
+      LoadTask(task_),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("task.json"), HasSubstr("statement: missing"))));
   EditTaskJson("\"timeout_s\": 20", "\"timeout_s\": \"20\"");
   EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
                                         HasSubstr("test.timeout_s")));
@@ -190,8 +193,8 @@ TEST_F(TaskDirTest, MissingOrMistypedFieldsAreNamed) {
   EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
                                         HasSubstr("duplicate case")));
   EditTaskJson("\"hints\": [\"use +\"]", "\"hints\": \"use +\"");
-  EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
-                                        HasSubstr("hints")));
+  EXPECT_THAT(LoadTask(task_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("hints")));
 }
 
 TEST_F(TaskDirTest, UnknownParserLanguageOrDifficultyIsRejected) {
@@ -210,16 +213,18 @@ TEST_F(TaskDirTest, UnknownParserLanguageOrDifficultyIsRejected) {
 
 TEST_F(TaskDirTest, IdMustMatchDirectoryName) {
   EditTaskJson("\"id\": \"t1\"", "\"id\": \"other\"");
-  EXPECT_THAT(LoadTask(task_),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("id"), HasSubstr("other"), HasSubstr("t1"))));
+  EXPECT_THAT(
+      LoadTask(task_),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("id"), HasSubstr("other"), HasSubstr("t1"))));
   EditTaskJson("\"id\": \"t1\"", "\"id\": \"t1\"");
   EXPECT_THAT(LoadTask(task_ + "/"), IsOk());
 }
 
 TEST_F(TaskDirTest, MistakeOldMustOccurExactlyOnce) {
-  WriteText(task_ + "/mistake.json",
-            R"({"file": "add.py", "old": "a * b", "new": "x", "error_note": "n"})");
+  WriteText(
+      task_ + "/mistake.json",
+      R"({"file": "add.py", "old": "a * b", "new": "x", "error_note": "n"})");
   EXPECT_THAT(LoadTask(task_),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("mistake.json"), HasSubstr("old"),
@@ -228,8 +233,9 @@ TEST_F(TaskDirTest, MistakeOldMustOccurExactlyOnce) {
             R"({"file": "add.py", "old": "a", "new": "x", "error_note": "n"})");
   EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
                                         HasSubstr("more than 1 times")));
-  WriteText(task_ + "/mistake.json",
-            R"({"file": "nope.py", "old": "a + b", "new": "x", "error_note": "n"})");
+  WriteText(
+      task_ + "/mistake.json",
+      R"({"file": "nope.py", "old": "a + b", "new": "x", "error_note": "n"})");
   EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
                                         HasSubstr("not a solution file")));
   WriteText(task_ + "/mistake.json",
@@ -239,14 +245,15 @@ TEST_F(TaskDirTest, MistakeOldMustOccurExactlyOnce) {
 }
 
 TEST_F(TaskDirTest, PathsEscapingTheTaskAreRejected) {
-  for (const char* bad : {"/etc/passwd", "../t1/solution/add.py",
-                          "sub/../../x", "./add.py", "a//b"}) {
-    WriteText(task_ + "/mistake.json",
-              absl::StrCat(R"({"file": ")", bad,
-                           R"(", "old": "a + b", "new": "x", "error_note": "n"})"));
-    EXPECT_THAT(LoadTask(task_),
-                StatusIs(absl::StatusCode::kInvalidArgument,
-                         AllOf(HasSubstr("mistake.json"), HasSubstr("escapes"))))
+  for (const char* bad : {"/etc/passwd", "../t1/solution/add.py", "sub/../../x",
+                          "./add.py", "a//b"}) {
+    WriteText(
+        task_ + "/mistake.json",
+        absl::StrCat(R"({"file": ")", bad,
+                     R"(", "old": "a + b", "new": "x", "error_note": "n"})"));
+    EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
+                                          AllOf(HasSubstr("mistake.json"),
+                                                HasSubstr("escapes"))))
         << bad;
   }
 }
@@ -259,23 +266,25 @@ TEST_F(TaskDirTest, SymlinksInTreesAreRejected) {
   fs::remove(task_ + "/files/passwd");
   // A symlinked directory is refused too (not followed).
   ASSERT_EQ(symlink("/etc", (task_ + "/hidden/etc").c_str()), 0);
-  EXPECT_THAT(LoadTask(task_),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("symlink")));
+  EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        HasSubstr("symlink")));
   fs::remove(task_ + "/hidden/etc");
   // And task.json itself.
   fs::rename(task_ + "/task.json", dir_.Join("real.json"));
-  ASSERT_EQ(symlink(dir_.Join("real.json").c_str(), (task_ + "/task.json").c_str()), 0);
-  EXPECT_THAT(LoadTask(task_),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("symlink")));
+  ASSERT_EQ(
+      symlink(dir_.Join("real.json").c_str(), (task_ + "/task.json").c_str()),
+      0);
+  EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        HasSubstr("symlink")));
 }
 
 TEST_F(TaskDirTest, FilesOverOneMebibyteAreRejected) {
   WriteText(task_ + "/hidden/big.bin", std::string(kMaxTaskFileBytes, 'x'));
   EXPECT_THAT(LoadTask(task_), IsOk());
   WriteText(task_ + "/hidden/big.bin", std::string(kMaxTaskFileBytes + 1, 'x'));
-  EXPECT_THAT(LoadTask(task_),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("hidden/big.bin"), HasSubstr("larger"))));
+  EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        AllOf(HasSubstr("hidden/big.bin"),
+                                              HasSubstr("larger"))));
   fs::remove(task_ + "/hidden/big.bin");
   WriteText(task_ + "/task.json",
             std::string(kTaskJson) + std::string(kMaxTaskFileBytes, ' '));
@@ -289,8 +298,8 @@ TEST_F(TaskDirTest, MissingTreesAreRejected) {
                                         HasSubstr("solution")));
   SetUp();
   fs::remove_all(task_ + "/files");
-  EXPECT_THAT(LoadTask(task_), StatusIs(absl::StatusCode::kInvalidArgument,
-                                        HasSubstr("files")));
+  EXPECT_THAT(LoadTask(task_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("files")));
 }
 
 TEST_F(TaskDirTest, TaskSetIsSortedAndReportsTheBrokenTask) {
@@ -308,8 +317,9 @@ TEST_F(TaskDirTest, TaskSetIsSortedAndReportsTheBrokenTask) {
   EXPECT_EQ(set[1].id, "t1");
 
   WriteText(other + "/task.json", "{");
-  EXPECT_THAT(LoadTaskSet(dir_.path()),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("a0/task.json")));
+  EXPECT_THAT(
+      LoadTaskSet(dir_.path()),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("a0/task.json")));
   EXPECT_THAT(LoadTaskSet(dir_.Join("missing")),
               StatusIs(absl::StatusCode::kNotFound));
 }
@@ -356,13 +366,14 @@ TEST(ShippedTaskSet, LoadsWithEnoughTasksAndLanguages) {
 // ---------------------------------------------------------------------------
 // Validation: every shipped task in real sandboxes.
 
-std::vector<client::reward::FileToAdd> Overlay(const std::vector<TaskFile>& base,
-                                               const std::vector<TaskFile>& over) {
+std::vector<client::reward::FileToAdd> Overlay(
+    const std::vector<TaskFile>& base, const std::vector<TaskFile>& over) {
   std::map<std::string, const TaskFile*> by_path;
   for (const TaskFile& f : base) by_path[f.path] = &f;
   for (const TaskFile& f : over) by_path[f.path] = &f;
   std::vector<client::reward::FileToAdd> out;
-  for (const auto& [path, f] : by_path) out.push_back({f->path, f->content, f->mode});
+  for (const auto& [path, f] : by_path)
+    out.push_back({f->path, f->content, f->mode});
   return out;
 }
 
@@ -412,10 +423,11 @@ class TaskSetValidation : public ::testing::Test {
 std::string Describe(const PhaseResult& p) {
   if (!p.setup.ok()) return absl::StrCat("setup failed: ", p.setup.ToString());
   const client::reward::RewardResult& r = p.result;
-  return absl::StrCat(client::reward::EvalStateName(r.state), " reward=", r.reward,
-                      " reason=", r.reason, r.status.ok() ? "" : " status=",
-                      r.status.ok() ? "" : r.status.ToString(), "\n--- output tail\n",
-                      r.output_tail);
+  return absl::StrCat(
+      client::reward::EvalStateName(r.state), " reward=", r.reward,
+      " reason=", r.reason,
+      r.status.ok() ? "" : " status=", r.status.ok() ? "" : r.status.ToString(),
+      "\n--- output tail\n", r.output_tail);
 }
 
 TEST_F(TaskSetValidation, StartFailsSolutionPassesMistakeIsPartial) {
@@ -427,8 +439,9 @@ TEST_F(TaskSetValidation, StartFailsSolutionPassesMistakeIsPartial) {
   std::vector<Row> rows(set.size());
   std::atomic<size_t> next{0};
   absl::Time begin = absl::Now();
-  const int threads =
-      std::max(2, std::min(6, static_cast<int>(std::thread::hardware_concurrency()) * 2));
+  const int threads = std::max(
+      2,
+      std::min(6, static_cast<int>(std::thread::hardware_concurrency()) * 2));
   std::vector<std::thread> pool;
   for (int i = 0; i < threads; ++i) {
     pool.emplace_back([&] {
@@ -453,9 +466,9 @@ TEST_F(TaskSetValidation, StartFailsSolutionPassesMistakeIsPartial) {
       return absl::StrFormat("%.2f %s", p.result.reward,
                              client::reward::EvalStateName(p.result.state));
     };
-    std::printf("%-22s %-10s %-26s %-10s %s\n", t.id.c_str(), t.language.c_str(),
-                cell(r.start).c_str(), cell(r.solution).c_str(),
-                cell(r.mistake).c_str());
+    std::printf("%-22s %-10s %-26s %-10s %s\n", t.id.c_str(),
+                t.language.c_str(), cell(r.start).c_str(),
+                cell(r.solution).c_str(), cell(r.mistake).c_str());
     SCOPED_TRACE(t.id);
     ASSERT_THAT(r.start.setup, IsOk());
     ASSERT_THAT(r.solution.setup, IsOk());
@@ -468,12 +481,17 @@ TEST_F(TaskSetValidation, StartFailsSolutionPassesMistakeIsPartial) {
     EXPECT_LT(r.start.result.reward, 1.0) << "start: " << Describe(r.start);
     EXPECT_EQ(r.solution.result.state, EvalState::kScored)
         << "solution: " << Describe(r.solution);
-    EXPECT_EQ(r.solution.result.reward, 1.0) << "solution: " << Describe(r.solution);
-    EXPECT_TRUE(r.mistake.result.usable()) << "mistake: " << Describe(r.mistake);
-    EXPECT_GE(r.mistake.result.reward, 0.0) << "mistake: " << Describe(r.mistake);
-    EXPECT_LT(r.mistake.result.reward, 1.0) << "mistake: " << Describe(r.mistake);
+    EXPECT_EQ(r.solution.result.reward, 1.0)
+        << "solution: " << Describe(r.solution);
+    EXPECT_TRUE(r.mistake.result.usable())
+        << "mistake: " << Describe(r.mistake);
+    EXPECT_GE(r.mistake.result.reward, 0.0)
+        << "mistake: " << Describe(r.mistake);
+    EXPECT_LT(r.mistake.result.reward, 1.0)
+        << "mistake: " << Describe(r.mistake);
     // The scripted mistake is meant to be partial credit.
-    EXPECT_GT(r.mistake.result.reward, 0.0) << "mistake: " << Describe(r.mistake);
+    EXPECT_GT(r.mistake.result.reward, 0.0)
+        << "mistake: " << Describe(r.mistake);
     if (r.mistake.result.reward > 0) ++partial;
   }
   std::printf("%zu tasks, %d with partial mistake reward, %d threads, %.1fs\n",
