@@ -1,0 +1,6 @@
+class RPNError(Exception):
+    pass
+
+
+def evaluate(expr):
+    raise NotImplementedError

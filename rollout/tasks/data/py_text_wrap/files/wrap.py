@@ -1,0 +1,6 @@
+def wrap(text, width):
+    raise NotImplementedError
+
+
+def justify(text, width):
+    raise NotImplementedError
