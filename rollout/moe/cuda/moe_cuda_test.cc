@@ -177,6 +177,9 @@ std::vector<Case> Cases() {
     c.config.weight_dtype = WeightDtype::kBf16;
     cases.push_back(c);
   }
+  // Few work items, hidden over several column tiles: the fused kernel
+  // splits each item's output columns over CTAs.
+  cases.push_back({"ColumnSplits", Config(200, 8, 2, 24, 1), 2});
   // Hidden wider than many column tiles; bench-like shape.
   cases.push_back({"BenchShape", Config(1024, 64, 6, 512, 1), 24});
   cases.push_back({"Batch4096", Config(64, 16, 4, 32, 1), 4096});
