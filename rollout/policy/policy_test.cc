@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -767,7 +768,11 @@ TEST(Generator, DISABLED_Throughput) {
   auto model = Model::Random(TinyConfig(), 1);
   ASSERT_THAT(model.status(), IsOk());
   using Clock = std::chrono::steady_clock;
-  for (int batch : {1, 64}) {
+  std::vector<int> batches = {1, 64};
+  if (const char* only = std::getenv("POLICY_BENCH_BATCH")) {
+    batches = {std::atoi(only)};
+  }
+  for (int batch : batches) {
     Generator gen(model->get());
     std::vector<GenerationRequest> reqs;
     for (int i = 0; i < batch; ++i) {
