@@ -401,9 +401,6 @@ absl::Status Generator::RunForward(std::vector<Seq*>& seqs,
   int64_t row = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
     Seq& s = *seqs[i];
-    if (s.session != nullptr) {
-      s.session->tokens.assign(s.all.begin(), s.all.begin() + s.cache->size());
-    }
     if (want_logits[i]) {
       const float* l = out.logits.data() + out.first_logits_row[i] * vocab;
       s.logits.assign(l, l + vocab);
@@ -551,6 +548,11 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
     // Caches may be part-way; forget the sessions this call touched.
     for (const GenerationRequest& r : requests) sessions_.erase(r.session_id);
     return status;
+  }
+  for (Seq& s : seqs) {  // the sessions' caches hold these tokens now
+    if (s.session != nullptr) {
+      s.session->tokens.assign(s.all.begin(), s.all.begin() + s.cache->size());
+    }
   }
   for (GenerationResult& r : results) {
     r.text = tokenizer_.Decode(r.tokens);

@@ -1,8 +1,9 @@
 // Layouts (see model.h for the math):
 //  - Dense weights are row-major [out x in] fp32, packed once for the moe
 //    micro-kernel; the MoE layers are moe::FusedMoe over moe::MoeWeights.
-//  - KvCache, per layer and head: keys as a PackedMatrix with n = capacity
-//    and k = head_dim, i.e. panel p = positions [16p, 16p + 16), value
+//  - KvCache, bf16 (half the bytes a decode step streams; the kernel
+//    widens to fp32), per layer and head: keys as a PackedMatrix with n =
+//    capacity and k = head_dim, i.e. panel p = positions [16p, 16p + 16), value
 //    (d, j) at [(p * head_dim + d) * 16 + j]; growing only appends panels.
 //    Values with n = head_dim and k = capacity: panel q = dims
 //    [16q, 16q + 16), value (pos, j) at [(q * capacity + pos) * 16 + j];
@@ -260,7 +261,7 @@ KvCache::KvCache(const ModelConfig& config)
 void KvCache::Truncate(int64_t n) { size_ = std::clamp<int64_t>(n, 0, size_); }
 
 int64_t KvCache::Bytes() const {
-  return capacity_ * heads_total_ * head_dim_ * 2 * int64_t{sizeof(float)};
+  return capacity_ * heads_total_ * head_dim_ * 2 * int64_t{sizeof(uint16_t)};
 }
 
 void KvCache::Reserve(int64_t positions) {
@@ -274,17 +275,19 @@ void KvCache::Reserve(int64_t positions) {
     k.n = cap;
     k.k = hd;
     k.panels = cap / kNr;
-    k.f32.resize(cap * hd);
+    k.dtype = moe::WeightDtype::kBf16;
+    k.bf16.resize(cap * hd);
     PackedMatrix& v = values_[i];
-    std::vector<float> nv(cap * hd, 0.0f);
+    std::vector<uint16_t> nv(cap * hd, 0);
     for (int64_t q = 0; q < hd / kNr; ++q) {
       if (size_ > 0) {
         std::memcpy(nv.data() + q * cap * kNr,
-                    v.f32.data() + q * capacity_ * kNr,
-                    size_ * kNr * sizeof(float));
+                    v.bf16.data() + q * capacity_ * kNr,
+                    size_ * kNr * sizeof(uint16_t));
       }
     }
-    v.f32 = std::move(nv);
+    v.dtype = moe::WeightDtype::kBf16;
+    v.bf16 = std::move(nv);
     v.n = hd;
     v.k = cap;
     v.panels = hd / kNr;
@@ -600,10 +603,11 @@ void Model::AttentionHead(const ForwardSegment& seg, int64_t layer,
     const int64_t pos = pos0 + i;
     const float* k = qkv + (row0 + i) * ld + a + head * hd;
     const float* v = k + a;
-    float* kp = keys.f32.data() + (pos / kNr) * hd * kNr + pos % kNr;
-    for (int64_t d = 0; d < hd; ++d) kp[d * kNr] = k[d];
+    uint16_t* kp = keys.bf16.data() + (pos / kNr) * hd * kNr + pos % kNr;
+    for (int64_t d = 0; d < hd; ++d) kp[d * kNr] = moe::FloatToBf16(k[d]);
     for (int64_t d = 0; d < hd; ++d) {
-      values.f32[((d / kNr) * cap + pos) * kNr + d % kNr] = v[d];
+      values.bf16[((d / kNr) * cap + pos) * kNr + d % kNr] =
+          moe::FloatToBf16(v[d]);
     }
   }
 

@@ -70,7 +70,9 @@ struct ModelRunOptions {
 class Model;
 
 // The keys and values of one sequence's positions [0, size()), per layer
-// and head, in the packed panel layouts the GEMM kernel reads (model.cc).
+// and head, stored as bf16 in the packed panel layouts the GEMM kernel
+// reads (model.cc). Every path reads K/V back from the cache, so cached and
+// recomputed attention agree exactly.
 class KvCache {
  public:
   explicit KvCache(const ModelConfig& config);
