@@ -340,6 +340,13 @@ std::string RelativeTo(const std::string& root, const std::string& dst) {
   return dst.size() <= root.size() ? "" : dst.substr(root.size() + 1);
 }
 
+// Xattrs that mean the same in any copy of a layer: the opaque-directory
+// mark and user data. The overlay's bookkeeping of one mount (uuid, origin,
+// impure...) and security.* (file capabilities) do not travel.
+bool PortableXattr(absl::string_view name) {
+  return name == "trusted.overlay.opaque" || absl::StartsWith(name, "user.");
+}
+
 absl::Status RecordXattrs(int src_fd, const std::string& rel,
                           const std::string& what, LayerExtras* extras) {
   char names[4096];
@@ -351,6 +358,7 @@ absl::Status RecordXattrs(int src_fd, const std::string& rel,
   for (ssize_t off = 0; off < len;) {
     const char* name = names + off;
     off += strlen(name) + 1;
+    if (!PortableXattr(name)) continue;
     char value[4096];
     ssize_t vlen = fgetxattr(src_fd, name, value, sizeof(value));
     if (vlen < 0) continue;
@@ -549,8 +557,7 @@ absl::Status ApplyLayerExtras(const std::string& dir,
     }
   }
   for (const LayerExtras::Xattr& x : extras.xattrs) {
-    if (x.name != "trusted.overlay.opaque" &&
-        !absl::StartsWith(x.name, "user.")) {
+    if (!PortableXattr(x.name)) {
       return BadRecord("xattr not allowed", x.name);
     }
     std::string target;

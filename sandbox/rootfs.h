@@ -75,7 +75,9 @@ struct LayerExtras {
 // owners, times, xattrs (incl. trusted.overlay.*) and whiteout devices.
 // Never follows symlinks. `src_dirfd` is an open directory fd. With
 // `extras`, special files and xattrs are not made at the destination but
-// recorded in *extras (appended), and the counts are filled in.
+// recorded in *extras (appended; only xattrs that keep their meaning in
+// another copy of the layer: trusted.overlay.opaque and user.*), and the
+// counts are filled in.
 absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir,
                            LayerExtras* extras = nullptr);
 

@@ -75,7 +75,9 @@ class SnapshotFsTest : public ::testing::Test {
   void TearDown() override {
     client_.reset();
     for (auto& agent : agents_) {
-      if (agent && agent->running()) EXPECT_TRUE(agent->Stop(SIGTERM).ok());
+      if (agent && agent->running()) {
+        EXPECT_TRUE(agent->Stop(SIGTERM).ok());
+      }
     }
     if (controller_ && controller_->running()) {
       EXPECT_TRUE(controller_->Stop(SIGTERM).ok());
