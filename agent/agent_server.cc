@@ -266,6 +266,7 @@ bool AgentServer::SleepFor(absl::Duration d) {
 void AgentServer::ReaperLoop() {
   while (SleepFor(options_.reap_interval)) {
     manager_->Reap(absl::Now());
+    manager_->CollectDeletedSnapshots();
     manager_->UpdateGauges();
   }
 }
@@ -331,6 +332,10 @@ void AgentServer::ControllerLoop() {
         *stop.mutable_sandbox_ids() = response.destroy_sandbox_ids();
         stop.set_reason("controller asked");
         manager_->StopSandboxes(stop);
+      }
+      if (!response.delete_snapshot_ids().empty()) {
+        manager_->DeleteSnapshots({response.delete_snapshot_ids().begin(),
+                                   response.delete_snapshot_ids().end()});
       }
     } else {
       heartbeats_->Inc({"failed"});

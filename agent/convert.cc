@@ -134,7 +134,11 @@ absl::StatusOr<sandbox::SandboxSpec> ToSandboxSpec(
     out.layers.push_back(layer);
   }
   // The image is the bottom layer; spec layers (forks) sit above it.
-  if (!image_layer.empty()) out.layers.push_back(image_layer);
+  // (A fork's layers already end with it: not twice.)
+  if (!image_layer.empty() &&
+      (out.layers.empty() || out.layers.back() != image_layer)) {
+    out.layers.push_back(image_layer);
+  }
   const v1::ResourceLimits& l = spec.limits();
   RETURN_IF_ERROR(CheckNonNegative(l.cpu_millicores(), "cpu_millicores"));
   RETURN_IF_ERROR(CheckNonNegative(l.memory_bytes(), "memory_bytes"));

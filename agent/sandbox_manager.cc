@@ -21,6 +21,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -181,6 +182,13 @@ absl::Status SandboxManager::Init() {
   request_limits_ = options_.request_limits;
   if (request_limits_.layers_root.empty()) {
     request_limits_.layers_root = runtime_->LayersDir();
+  }
+  if (!request_limits_.fs_mount_dir.empty()) {
+    ASSIGN_OR_RETURN(
+        snapshot_store_,
+        SnapshotStore::Create(
+            {.fs_mount_dir = request_limits_.fs_mount_dir,
+             .cache_dir = request_limits_.layers_root + "/fs-cache"}));
   }
 
   static metrics::Registry* fallback = new metrics::Registry();
@@ -411,8 +419,31 @@ absl::StatusOr<v1::StartSandboxResponse> SandboxManager::StartSandbox(
   }
   absl::Time expire = absl::InfiniteFuture();
   if (request.has_expire_time()) expire = FromProto(request.expire_time());
-  ASSIGN_OR_RETURN(bool warm, Launch(request.sandbox_id(), request.job_id(),
-                                     request.spec(), expire));
+  v1::SandboxSpec spec = request.spec();
+  if (!request.snapshot_id().empty()) {
+    // A fork: the node that took the snapshot has its layers (spec.layers);
+    // any other node copies them from dsec-fs.
+    RETURN_IF_ERROR(ValidateSnapshotId(request.snapshot_id()));
+    bool held;
+    {
+      absl::MutexLock lock(&mu_);
+      held = snapshots_.count(request.snapshot_id()) > 0;
+    }
+    if (!held) {
+      if (snapshot_store_ == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "snapshot ", request.snapshot_id(),
+            " was taken on another node and this agent does not mount "
+            "dsec-fs (--fs_mount)"));
+      }
+      ASSIGN_OR_RETURN(std::vector<std::string> layers,
+                       snapshot_store_->Fetch(request.snapshot_id()));
+      spec.clear_layers();
+      for (const std::string& layer : layers) spec.add_layers(layer);
+    }
+  }
+  ASSIGN_OR_RETURN(
+      bool warm, Launch(request.sandbox_id(), request.job_id(), spec, expire));
   v1::StartSandboxResponse response;
   response.set_state(v1::SANDBOX_STATE_RUNNING);
   response.set_warm(warm);
@@ -543,6 +574,61 @@ int SandboxManager::Reap(absl::Time now) {
     metrics_->reaped->Inc({reason});
   }
   return static_cast<int>(doomed.size());
+}
+
+void SandboxManager::DeleteSnapshots(const std::vector<std::string>& ids) {
+  absl::MutexLock lock(&mu_);
+  for (const std::string& id : ids) {
+    if (!ValidateSnapshotId(id).ok() || deleted_.count(id)) continue;
+    snapshots_.erase(id);
+    if (snapshot_store_ != nullptr) {
+      fs_deletes_.insert(id);
+      cache_deletes_.insert(id);
+    }
+  }
+}
+
+int SandboxManager::CollectDeletedSnapshots() {
+  if (snapshot_store_ == nullptr) return 0;
+  std::set<std::string> fs_ids;
+  std::vector<std::string> cache_ids;
+  {
+    absl::MutexLock lock(&mu_);
+    fs_ids.swap(fs_deletes_);
+    for (const std::string& id : cache_deletes_) {
+      // A cached layer under a live sandbox's overlay must stay.
+      const std::string prefix = snapshot_store_->CachedDir(id) + "/";
+      const bool used = std::any_of(
+          sandboxes_.begin(), sandboxes_.end(), [&](const auto& kv) {
+            const auto& layers = kv.second->spec.layers();
+            return std::any_of(layers.begin(), layers.end(),
+                               [&](const std::string& layer) {
+                                 return absl::StartsWith(layer, prefix);
+                               });
+          });
+      if (!used) cache_ids.push_back(id);
+    }
+    for (const std::string& id : cache_ids) cache_deletes_.erase(id);
+  }
+  int removed = 0;
+  for (const std::string& id : fs_ids) {
+    absl::Status status = snapshot_store_->Remove(id);
+    if (!status.ok()) {
+      DSEC_LOG_WARN("delete snapshot {} from dsec-fs: {}", id,
+                    status.ToString());
+      continue;
+    }
+    ++removed;
+    absl::MutexLock lock(&mu_);
+    deleted_.insert(id);
+    deleted_order_.push_back(id);
+    while (deleted_order_.size() > 4096) {
+      deleted_.erase(deleted_order_.front());
+      deleted_order_.pop_front();
+    }
+  }
+  for (const std::string& id : cache_ids) snapshot_store_->RemoveCached(id);
+  return removed;
 }
 
 void SandboxManager::UpdateGauges() const {
@@ -1094,6 +1180,18 @@ absl::StatusOr<v1::SnapshotResponse> SandboxManager::Snapshot(
   for (const std::string& layer : layers) snap.add_layers(layer);
   snap.set_size_bytes(layers.empty() ? 0 : DirBytes(layers.front()));
   *snap.mutable_create_time() = ToProtoTime(absl::Now());
+  // Written back to dsec-fs (the sandbox already runs again) so forks can
+  // land on any node; on failure the snapshot stays node-local.
+  if (snapshot_store_ != nullptr) {
+    absl::StatusOr<std::string> fs_path =
+        snapshot_store_->Export(snap.id(), layers);
+    if (fs_path.ok()) {
+      snap.set_fs_path(*fs_path);
+    } else {
+      DSEC_LOG_WARN("snapshot {} stays on this node: {}", snap.id(),
+                    fs_path.status().ToString());
+    }
+  }
   {
     absl::MutexLock lock(&mu_);
     snapshots_[snap.id()] = SnapshotRecord{snap, entry->spec};

@@ -14,9 +14,11 @@
 #ifndef DSEC_AGENT_SANDBOX_MANAGER_H_
 #define DSEC_AGENT_SANDBOX_MANAGER_H_
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,7 @@
 #include "absl/time/time.h"
 #include "agent/convert.h"
 #include "agent/image_warmer.h"
+#include "agent/snapshot_store.h"
 #include "common/metrics.h"
 #include "common/token.h"
 #include "dsec/v1/agent_service.pb.h"
@@ -123,6 +126,12 @@ class SandboxManager {
   int Reap(absl::Time now);
   // Refreshes the sandboxes-by-state gauge.
   void UpdateGauges() const;
+  // Snapshots the controller deleted: queued here (cheap, from the heartbeat
+  // thread), removed from dsec-fs and from this node's layer cache by
+  // CollectDeletedSnapshots (the reaper thread). Best effort.
+  void DeleteSnapshots(const std::vector<std::string>& ids);
+  // Returns how many dsec-fs snapshot directories it removed.
+  int CollectDeletedSnapshots();
   // Destroys every sandbox and warm pool. Idempotent.
   void Shutdown();
 
@@ -157,6 +166,8 @@ class SandboxManager {
   std::map<std::string, v1::SandboxSpec> pool_specs_;
 
   ImageWarmer image_warmer_;
+  // Snapshots on dsec-fs; null without an fs mount (snapshots node-local).
+  std::unique_ptr<SnapshotStore> snapshot_store_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Entry>> sandboxes_ ABSL_GUARDED_BY(mu_);
   struct SnapshotRecord {
@@ -164,6 +175,13 @@ class SandboxManager {
     v1::SandboxSpec spec;  // of the parent
   };
   std::map<std::string, SnapshotRecord> snapshots_ ABSL_GUARDED_BY(mu_);
+  // Deleted snapshots still to remove from dsec-fs, from the layer cache
+  // (once no sandbox here uses it), and the latest ones done (not redone
+  // when the controller repeats them).
+  std::set<std::string> fs_deletes_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> cache_deletes_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> deleted_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> deleted_order_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   int launching_ ABSL_GUARDED_BY(mu_) = 0;  // Launch calls past admission

@@ -242,6 +242,21 @@ struct ControllerServer::Impl {
   absl::flat_hash_map<std::string, NodeRec> nodes ABSL_GUARDED_BY(mu);
   std::vector<std::string> node_by_index ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, v1::Snapshot> snapshots ABSL_GUARDED_BY(mu);
+  // Deleted snapshots whose dsec-fs directories agents should remove: every
+  // heartbeat answer names them until the deadline (in memory only; a
+  // controller restart forgets them, leaving garbage, never damage).
+  std::deque<std::pair<absl::Time, std::string>> snapshot_gc
+      ABSL_GUARDED_BY(mu);
+
+  // Queues `snap`'s dsec-fs directory for removal by the agents.
+  void ForgetSnapshotOnFs(const v1::Snapshot& snap)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (snap.fs_path().empty()) return;
+    snapshot_gc.emplace_back(
+        absl::Now() +
+            std::max(absl::Seconds(30), 3 * options.heartbeat_timeout),
+        snap.id());
+  }
   absl::flat_hash_map<std::string, IdemRec> idem ABSL_GUARDED_BY(mu);
   std::deque<std::pair<absl::Time, std::string>> idem_order ABSL_GUARDED_BY(mu);
   std::vector<Waiter*> queue ABSL_GUARDED_BY(mu);
@@ -957,6 +972,10 @@ struct ControllerServer::Impl {
           c->req.set_job_id(it->second.sb.job_id());
           *c->req.mutable_spec() = it->second.sb.spec();
           *c->req.mutable_expire_time() = it->second.sb.expire_time();
+          auto snap = snapshots.find(it->second.sb.parent_snapshot_id());
+          if (snap != snapshots.end() && !snap->second.fs_path().empty()) {
+            c->req.set_snapshot_id(snap->first);
+          }
           calls.push_back(std::move(c));
         }
       }
@@ -1839,8 +1858,9 @@ class SandboxesService final : public v1::Sandboxes::Service {
                                      req->placement(), req->request_id(),
                                      req->has_queue_timeout(),
                                      req->queue_timeout(), ctx, snap.id()));
-    // Layers are node-local until dsec-fs: children go to the snapshot's node.
-    args.only_node = node_id;
+    // Layers on dsec-fs: children go wherever placement puts them (agents
+    // copy the layers from dsec-fs). Node-local layers: the snapshot's node.
+    if (snap.fs_path().empty()) args.only_node = node_id;
     args.parent_snapshot_id = snap.id();
     *resp->mutable_snapshot() = snap;
     return CreateGroup(ctx, args, resp);
@@ -1857,6 +1877,7 @@ class SandboxesService final : public v1::Sandboxes::Service {
       return Fail(absl::NotFoundError("snapshot not found"));
     }
     impl_->ChargeSnapshot(it->second, -1);
+    impl_->ForgetSnapshotOnFs(it->second);
     impl_->snapshots.erase(it);
     Store::Batch b;
     b.DeleteSnapshot(req->snapshot_id());
@@ -2122,6 +2143,7 @@ class JobsService final : public v1::Jobs::Service {
       b.PutJob(Impl::StoredJob(j));
       for (auto it = impl_->snapshots.begin(); it != impl_->snapshots.end();) {
         if (it->second.job_id() == id) {
+          impl_->ForgetSnapshotOnFs(it->second);
           b.DeleteSnapshot(it->first);
           impl_->snapshots.erase(it++);
         } else {
@@ -2243,6 +2265,11 @@ class NodeRegistryService final : public v1::NodeRegistry::Service {
     }
     resp->set_cordoned(n.cordoned || n.draining);
     resp->set_draining(n.draining);
+    auto& gc = impl_->snapshot_gc;
+    while (!gc.empty() && gc.front().first < now) gc.pop_front();
+    for (size_t i = 0; i < gc.size() && i < 1000; ++i) {
+      resp->add_delete_snapshot_ids(gc[i].second);
+    }
     return grpc::Status::OK;
   }
 

@@ -22,8 +22,12 @@
 // Zero: fail at once. Order: job priority, then usage/weight (fair share),
 // then arrival; a request short on its own job's quota never blocks others.
 //
-// Snapshot layers are node-local until dsec-fs exists: ForkSandbox places
-// every child on the snapshot's node.
+// Snapshots: an agent that mounts dsec-fs writes a snapshot's layers back
+// to it (Snapshot.fs_path set); ForkSandbox then places children like any
+// create, and StartSandbox names the snapshot so an agent that does not
+// hold it copies the layers from dsec-fs. Without fs_path the layers are
+// node-local and every child goes to the snapshot's node. Deleted
+// snapshots' dsec-fs directories are handed to agents in heartbeat answers.
 //
 // Thread-safe. All state sits behind one mutex; RocksDB writes (WAL, no
 // fsync) happen under it so that memory and disk change in the same order.

@@ -2,10 +2,12 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -18,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/errno_status.h"
@@ -330,7 +333,53 @@ absl::StatusOr<UniqueFd> CreateUserNamespace(uid_t base, uint32_t count) {
   return fd;
 }
 
-absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir) {
+namespace {
+
+// `dst` relative to `root` ("" for the root itself).
+std::string RelativeTo(const std::string& root, const std::string& dst) {
+  return dst.size() <= root.size() ? "" : dst.substr(root.size() + 1);
+}
+
+// Xattrs that mean the same in any copy of a layer: the opaque-directory
+// mark and user data. The overlay's bookkeeping of one mount (uuid, origin,
+// impure...) and security.* (file capabilities) do not travel.
+bool PortableXattr(absl::string_view name) {
+  return name == "trusted.overlay.opaque" || absl::StartsWith(name, "user.");
+}
+
+absl::Status RecordXattrs(int src_fd, const std::string& rel,
+                          const std::string& what, LayerExtras* extras) {
+  char names[4096];
+  ssize_t len = flistxattr(src_fd, names, sizeof(names));
+  if (len < 0) {
+    if (errno == ENOTSUP || errno == EBADF) return absl::OkStatus();
+    return dsec::ErrnoStatus(absl::StrCat("listxattr ", what));
+  }
+  for (ssize_t off = 0; off < len;) {
+    const char* name = names + off;
+    off += strlen(name) + 1;
+    if (!PortableXattr(name)) continue;
+    char value[4096];
+    ssize_t vlen = fgetxattr(src_fd, name, value, sizeof(value));
+    if (vlen < 0) continue;
+    extras->xattrs.push_back({rel, name, std::string(value, vlen)});
+  }
+  return absl::OkStatus();
+}
+
+// Xattrs of `src_fd` onto `dst_fd`, or into `extras` when it is set.
+absl::Status CopyOrRecordXattrs(int src_fd, int dst_fd, const std::string& root,
+                                const std::string& dst, LayerExtras* extras) {
+  if (extras != nullptr) {
+    return RecordXattrs(src_fd, RelativeTo(root, dst), dst, extras);
+  }
+  return CopyXattrs(src_fd, dst_fd, dst);
+}
+
+}  // namespace
+
+absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir,
+                           LayerExtras* extras) {
   struct Pending {
     UniqueFd src;
     std::string dst;
@@ -348,7 +397,10 @@ absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir) {
   dir_attrs.push_back({dst_dir, root_st});
   {
     UniqueFd dst_fd(open(dst_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (dst_fd) RETURN_IF_ERROR(CopyXattrs(src_dirfd, dst_fd.get(), dst_dir));
+    if (dst_fd) {
+      RETURN_IF_ERROR(CopyOrRecordXattrs(src_dirfd, dst_fd.get(), dst_dir,
+                                         dst_dir, extras));
+    }
   }
   while (!stack.empty()) {
     Pending cur = std::move(stack.back());
@@ -370,6 +422,11 @@ absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir) {
         return dsec::ErrnoStatus(absl::StrCat("stat ", cur.dst, "/", name));
       }
       std::string dst = absl::StrCat(cur.dst, "/", name);
+      if (extras != nullptr &&
+          (S_ISDIR(st.st_mode) || S_ISREG(st.st_mode) || S_ISLNK(st.st_mode))) {
+        ++extras->entries;
+        if (S_ISREG(st.st_mode)) extras->file_bytes += st.st_size;
+      }
       if (S_ISDIR(st.st_mode)) {
         if (mkdir(dst.c_str(), 0700) != 0 && errno != EEXIST) {
           return dsec::ErrnoStatus(absl::StrCat("mkdir ", dst));
@@ -378,7 +435,10 @@ absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir) {
                             O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
         if (!sub) return dsec::ErrnoStatus(absl::StrCat("open ", dst));
         UniqueFd dfd(open(dst.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-        if (dfd) RETURN_IF_ERROR(CopyXattrs(sub.get(), dfd.get(), dst));
+        if (dfd) {
+          RETURN_IF_ERROR(
+              CopyOrRecordXattrs(sub.get(), dfd.get(), dst_dir, dst, extras));
+        }
         dir_attrs.push_back({dst, st});
         stack.push_back({std::move(sub), dst});
       } else if (S_ISREG(st.st_mode)) {
@@ -390,13 +450,18 @@ absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir) {
                           0600));
         if (!out) return dsec::ErrnoStatus(absl::StrCat("create ", dst));
         RETURN_IF_ERROR(CopyFileData(in.get(), out.get(), st.st_size, dst));
-        RETURN_IF_ERROR(CopyXattrs(in.get(), out.get(), dst));
+        RETURN_IF_ERROR(
+            CopyOrRecordXattrs(in.get(), out.get(), dst_dir, dst, extras));
         if (fchown(out.get(), st.st_uid, st.st_gid) != 0 ||
             fchmod(out.get(), st.st_mode & 07777) != 0) {
           return dsec::ErrnoStatus(absl::StrCat("chown/chmod ", dst));
         }
         struct timespec times[2] = {st.st_atim, st.st_mtim};
         futimens(out.get(), times);
+        // Close reports what a write-back file system failed to store.
+        if (close(out.Release()) != 0) {
+          return dsec::ErrnoStatus(absl::StrCat("close ", dst));
+        }
       } else if (S_ISLNK(st.st_mode)) {
         std::string target(st.st_size + 1, '\0');
         ssize_t n =
@@ -409,6 +474,11 @@ absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir) {
         lchown(dst.c_str(), st.st_uid, st.st_gid);
       } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ||
                  S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+        if (extras != nullptr) {
+          extras->specials.push_back({RelativeTo(dst_dir, dst), st.st_mode,
+                                      st.st_rdev, st.st_uid, st.st_gid});
+          continue;
+        }
         // Overlay whiteouts are 0/0 character devices; keep them exactly.
         if (mknod(dst.c_str(), st.st_mode, st.st_rdev) != 0) {
           return dsec::ErrnoStatus(absl::StrCat("mknod ", dst));
@@ -426,6 +496,90 @@ absl::Status CopyLayerTree(int src_dirfd, const std::string& dst_dir) {
     }
     struct timespec times[2] = {st.st_atim, st.st_mtim};
     utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW);
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status BadRecord(absl::string_view what, absl::string_view path) {
+  return absl::DataLossError(
+      absl::StrCat("layer record: ", what, " \"", path, "\""));
+}
+
+// A relative, normalized path with no empty, "." or ".." part.
+bool NormalizedRelative(absl::string_view path) {
+  if (path.empty() || path.find('\0') != absl::string_view::npos) return false;
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    if (part.empty() || part == "." || part == "..") return false;
+  }
+  return true;
+}
+
+// The parent directory of `rel` under `root_fd` (no symlinks on the way,
+// never above the root) and the last component.
+absl::StatusOr<std::pair<UniqueFd, std::string>> OpenParent(
+    int root_fd, const std::string& rel) {
+  const size_t slash = rel.rfind('/');
+  const std::string parent =
+      slash == std::string::npos ? "." : rel.substr(0, slash);
+  const std::string name =
+      slash == std::string::npos ? rel : rel.substr(slash + 1);
+  struct open_how how = {};
+  how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  int fd = static_cast<int>(
+      syscall(SYS_openat2, root_fd, parent.c_str(), &how, sizeof(how)));
+  if (fd < 0) return BadRecord(strerror(errno), rel);
+  return std::make_pair(UniqueFd(fd), name);
+}
+
+}  // namespace
+
+absl::Status ApplyLayerExtras(const std::string& dir,
+                              const LayerExtras& extras) {
+  UniqueFd root(open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!root) return dsec::ErrnoStatus(absl::StrCat("open ", dir));
+  for (const LayerExtras::Special& sp : extras.specials) {
+    if (!NormalizedRelative(sp.path)) return BadRecord("bad path", sp.path);
+    const bool whiteout = S_ISCHR(sp.mode) && sp.rdev == 0;
+    if (!whiteout && !S_ISFIFO(sp.mode)) {
+      return BadRecord("not a whiteout or FIFO", sp.path);
+    }
+    ASSIGN_OR_RETURN(auto parent, OpenParent(root.get(), sp.path));
+    if (mknodat(parent.first.get(), parent.second.c_str(),
+                sp.mode & (S_IFMT | 0777), sp.rdev) != 0) {
+      return BadRecord(strerror(errno), sp.path);
+    }
+    if (fchownat(parent.first.get(), parent.second.c_str(), sp.uid, sp.gid,
+                 AT_SYMLINK_NOFOLLOW) != 0) {
+      return dsec::ErrnoStatus(absl::StrCat("chown ", sp.path));
+    }
+  }
+  for (const LayerExtras::Xattr& x : extras.xattrs) {
+    if (!PortableXattr(x.name)) {
+      return BadRecord("xattr not allowed", x.name);
+    }
+    std::string target;
+    if (x.path.empty()) {
+      target = absl::StrCat("/proc/self/fd/", root.get());
+    } else {
+      if (!NormalizedRelative(x.path)) return BadRecord("bad path", x.path);
+      ASSIGN_OR_RETURN(auto parent, OpenParent(root.get(), x.path));
+      // The parent fd is a safe base; lsetxattr never follows the last
+      // component.
+      target = absl::StrCat("/proc/self/fd/", parent.first.get(), "/",
+                            parent.second);
+      if (lsetxattr(target.c_str(), x.name.c_str(), x.value.data(),
+                    x.value.size(), 0) != 0) {
+        return BadRecord(strerror(errno), x.path);
+      }
+      continue;
+    }
+    if (setxattr(target.c_str(), x.name.c_str(), x.value.data(), x.value.size(),
+                 0) != 0) {
+      return BadRecord(strerror(errno), "");
+    }
   }
   return absl::OkStatus();
 }
