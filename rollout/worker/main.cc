@@ -2,6 +2,7 @@
 // summary. SIGTERM or SIGINT stops after the current turn (exit 3); rerun
 // with --resume to continue.
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -32,7 +33,8 @@ ABSL_FLAG(std::string, api_key, "",
           "job API key (default $DSEC_API_KEY); empty: create a job with the "
           "admin key (local mode)");
 ABSL_FLAG(std::string, admin_key, "", "admin key for creating the job");
-ABSL_FLAG(std::string, job_name, "rollout", "name of the job created");
+ABSL_FLAG(std::string, job_name, "",
+          "name of the job created (default: rollout-<time>-<pid>)");
 ABSL_FLAG(std::string, tasks_dir, "", "task set (default: the shipped one)");
 ABSL_FLAG(std::string, tasks, "", "comma-separated task ids (default: all)");
 ABSL_FLAG(int, num_tasks, 0,
@@ -211,9 +213,13 @@ int main(int argc, char** argv) {
     admin.api_key = absl::GetFlag(FLAGS_admin_key);
     const int groups_per_wave =
         std::max(1, options.concurrency / std::max(1, options.group_size));
-    absl::StatusOr<dsec::client::JobInfo> job =
-        dsec::client::CreateJob(admin, absl::GetFlag(FLAGS_job_name),
-                                groups_per_wave * (options.group_size + 1) + 8);
+    std::string job_name = absl::GetFlag(FLAGS_job_name);
+    if (job_name.empty()) {
+      job_name = absl::StrCat("rollout-", absl::ToUnixSeconds(absl::Now()), "-",
+                              getpid());
+    }
+    absl::StatusOr<dsec::client::JobInfo> job = dsec::client::CreateJob(
+        admin, job_name, groups_per_wave * (options.group_size + 1) + 8);
     if (!job.ok()) Die("creating a job", job.status());
     copts.api_key = job->api_key;
   }

@@ -728,11 +728,13 @@ std::string RolloutSummary::ToText() const {
                         "format errors, %d steps replayed\n",
                         turns, actions, actions_per_s(), format_errors,
                         replayed_steps);
-  absl::StrAppendFormat(
-      &out,
-      "tokens: %d generated (%.0f tokens/s in the policy), %d prompt, %d "
-      "prefilled\n",
-      generated_tokens, tokens_per_s(), prompt_tokens, prefill_tokens);
+  if (generated_tokens > 0 || prompt_tokens > 0) {
+    absl::StrAppendFormat(
+        &out,
+        "tokens: %d generated (%.0f tokens/s in the policy), %d prompt, %d "
+        "prefilled (the rest reused from the KV cache)\n",
+        generated_tokens, tokens_per_s(), prompt_tokens, prefill_tokens);
+  }
   absl::StrAppendFormat(&out,
                         "time: %.2fs wall; policy %.2fs (%.0f%%), sandbox "
                         "%.2fs (%.0f%%)\n",
