@@ -208,7 +208,15 @@ absl::Status ClusterManager::Load() {
   for (auto& server : *table_.mutable_servers()) {
     if (server.alive()) last_seen_[server.node_id()] = now;
   }
-  for (auto& chain : *table_.mutable_chains()) Order(&chain);
+  for (auto& chain : *table_.mutable_chains()) {
+    Order(&chain);
+    // Replacement clocks restart with the meta server.
+    for (const auto& m : chain.members()) {
+      if (m.state() == v1::CHAIN_MEMBER_STATE_OFFLINE) {
+        offline_since_[absl::StrCat(chain.id(), "/", m.node_id())] = now;
+      }
+    }
+  }
   table_.set_version(table_.version() + 1);
   return Persist();
 }
@@ -393,12 +401,74 @@ absl::Status ClusterManager::CheckLiveness() {
         continue;  // Never the last SERVING member.
       }
       MoveTo(&chain, server.node_id(), v1::CHAIN_MEMBER_STATE_OFFLINE);
+      offline_since_[absl::StrCat(chain.id(), "/", server.node_id())] = Now();
       BumpChain(&chain);
     }
   }
+  changed |= RecruitSpares();
   if (!changed) return absl::OkStatus();
   UpdateMetrics();
   return Persist();
+}
+
+bool ClusterManager::RecruitSpares() {
+  if (options_.replace_after == absl::InfiniteDuration()) return false;
+  const absl::Time now = Now();
+  std::vector<std::string> alive;
+  absl::flat_hash_map<std::string, int> load;  // non-OFFLINE memberships
+  for (const auto& s : table_.servers()) {
+    if (s.alive()) alive.push_back(s.node_id());
+  }
+  if (alive.empty()) return false;
+  for (const auto& chain : table_.chains()) {
+    for (const auto& m : chain.members()) {
+      if (m.state() != v1::CHAIN_MEMBER_STATE_OFFLINE) load[m.node_id()]++;
+    }
+  }
+  bool changed = false;
+  for (auto& chain : *table_.mutable_chains()) {
+    int active = chain.members_size() -
+                 CountState(chain, v1::CHAIN_MEMBER_STATE_OFFLINE);
+    for (int i = 0; i < chain.members_size() &&
+                    active < static_cast<int>(options_.replication);) {
+      const v1::ChainMember& m = chain.members(i);
+      if (m.state() != v1::CHAIN_MEMBER_STATE_OFFLINE) {
+        ++i;
+        continue;
+      }
+      // try_emplace: an OFFLINE member not seen going down starts now.
+      auto since = offline_since_.try_emplace(
+          absl::StrCat(chain.id(), "/", m.node_id()), now);
+      if (now - since.first->second < options_.replace_after) {
+        ++i;
+        continue;
+      }
+      // The least-loaded alive server outside the chain.
+      std::string spare;
+      for (size_t k = 0; k < alive.size(); ++k) {
+        const std::string& candidate = alive[(chain.id() + k) % alive.size()];
+        if (MemberOf(&chain, candidate) != nullptr) continue;
+        if (spare.empty() || load[candidate] < load[spare]) spare = candidate;
+      }
+      if (spare.empty()) break;  // No spare: wait for the member to return.
+      const std::string replaced = m.node_id();
+      offline_since_.erase(absl::StrCat(chain.id(), "/", replaced));
+      chain.mutable_members()->DeleteSubrange(i, 1);
+      v1::ChainMember* joined = chain.add_members();
+      joined->set_node_id(spare);
+      joined->set_state(v1::CHAIN_MEMBER_STATE_SYNCING);
+      Order(&chain);
+      BumpChain(&chain);
+      load[spare]++;
+      active++;
+      changed = true;
+      DSEC_LOG_WARN(
+          "cluster: chain {}: {} offline too long; spare {} joins to sync",
+          chain.id(), replaced, spare);
+      i = 0;  // The order changed; look again.
+    }
+  }
+  return changed;
 }
 
 v1::ChainTable ClusterManager::Table() const {

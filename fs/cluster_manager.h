@@ -24,6 +24,14 @@
 //    loses its last SERVING member: that one stays SERVING (writes fail
 //    UNAVAILABLE while it is down; after a whole-cluster restart it is the
 //    one the others sync from).
+//  * Spare recruitment (in CheckLiveness): a member that has been OFFLINE
+//    for replace_after is replaced by an alive server that is not in the
+//    chain (the one in the fewest chains; ties by registration order rotated
+//    by the chain id): the OFFLINE member leaves the chain and the spare
+//    joins as SYNCING, copying everything from the last SERVING member. So a
+//    cluster with spare servers heals a dead server's chains without it. The
+//    replaced server, if it returns, is a spare itself; its old copies of
+//    those chains' chunks are left on its disk.
 //  * Heartbeat from an unknown or not-alive server answers reregister=true;
 //    otherwise it records the server's counters and returns the table when
 //    the server's table_version is older than the current one.
@@ -72,6 +80,9 @@ struct ClusterOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   // Missed heartbeat intervals before a server goes OFFLINE.
   int offline_after = 3;
+  // An OFFLINE member is replaced by a spare server after this long
+  // (InfiniteDuration: never).
+  absl::Duration replace_after = absl::Minutes(2);
   // Where the table is persisted; empty: memory only.
   std::string state_path;
   // Time source; null: absl::Now.
@@ -125,6 +136,9 @@ class ClusterManager {
   // Bumps chain `chain` and the table version.
   void BumpChain(v1::Chain* chain) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FormEmptyChains() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Replaces members OFFLINE for replace_after with spares; true if the
+  // table changed.
+  bool RecruitSpares() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::ChunkServerInfo* FindServer(const std::string& node_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateMetrics() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -135,6 +149,10 @@ class ClusterManager {
   v1::ChainTable table_ ABSL_GUARDED_BY(mu_);
   // Last heartbeat (or registration, or reload) per server.
   absl::flat_hash_map<std::string, absl::Time> last_seen_ ABSL_GUARDED_BY(mu_);
+  // When each OFFLINE membership ("<chain>/<node>") went OFFLINE (or the
+  // table was reloaded).
+  absl::flat_hash_map<std::string, absl::Time> offline_since_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dsec::fs

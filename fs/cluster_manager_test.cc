@@ -124,6 +124,62 @@ TEST_F(ClusterManagerTest, NewServerJoinsADegradedChainAsSyncing) {
   EXPECT_EQ(Chain(0), "a:S b:S d:Y c:O");
 }
 
+TEST_F(ClusterManagerTest, SpareReplacesAMemberOfflineTooLong) {
+  FormThree();
+  Register("d");  // a spare: every chain is full
+  EXPECT_EQ(Chain(0), "a:S b:S c:S");
+  auto beat_abd = [&] {
+    Beat("a");
+    Beat("b");
+    Beat("d");
+  };
+  now_ += absl::Seconds(2);
+  beat_abd();
+  now_ += absl::Seconds(2);
+  beat_abd();
+  ASSERT_OK(manager_->CheckLiveness());
+  EXPECT_EQ(Chain(0), "a:S b:S c:O");  // Offline, not replaced yet.
+  // Just short of replace_after (2 minutes): still waiting for c.
+  for (int i = 0; i < 118; ++i) {
+    now_ += absl::Seconds(1);
+    beat_abd();
+    ASSERT_OK(manager_->CheckLiveness());
+  }
+  EXPECT_EQ(Chain(0), "a:S b:S c:O");
+  now_ += absl::Seconds(2);
+  beat_abd();
+  const uint64_t version = ChainVersion(0);
+  ASSERT_OK(manager_->CheckLiveness());
+  // c leaves every chain; d joins them to sync.
+  for (uint32_t id = 0; id < 4; ++id) {
+    EXPECT_THAT(Chain(id), ::testing::Not(::testing::HasSubstr("c:")));
+    EXPECT_THAT(Chain(id), ::testing::HasSubstr("d:Y"));
+  }
+  EXPECT_EQ(Chain(0), "a:S b:S d:Y");
+  EXPECT_GT(ChainVersion(0), version);
+  ASSERT_OK(manager_->SyncDone("d", 0, ChainVersion(0)).status());
+  EXPECT_EQ(Chain(0), "a:S b:S d:S");
+  // c returns as a spare: it is in no chain any more.
+  Register("c");
+  EXPECT_EQ(Chain(0), "a:S b:S d:S");
+  // The replacement survives a meta restart.
+  Open();
+  EXPECT_EQ(Chain(0), "a:S b:S d:S");
+}
+
+TEST_F(ClusterManagerTest, WithoutASpareTheOfflineMemberWaits) {
+  FormThree();
+  for (int i = 0; i < 300; ++i) {
+    now_ += absl::Seconds(1);
+    Beat("a");
+    Beat("b");
+    ASSERT_OK(manager_->CheckLiveness());
+  }
+  EXPECT_EQ(Chain(0), "a:S b:S c:O");
+  Register("c");
+  EXPECT_EQ(Chain(0), "a:S b:S c:Y");
+}
+
 TEST_F(ClusterManagerTest, MissedHeartbeatsGoOfflineButNeverTheLastServing) {
   FormThree();
   now_ += absl::Seconds(2);

@@ -144,6 +144,81 @@ TEST(FsFaultTest, ChunkServerKilledMidWriteStreamLosesNoAcknowledgedWrite) {
   std::cerr << acknowledged.size() << " files acknowledged\n";
 }
 
+// With a spare server, a dead one's chains heal without it: after
+// replace_after the spare joins each of them, copies every chunk and serves;
+// all three live members then hold identical bytes.
+TEST(FsFaultTest, SpareServerReplacesADeadOneAndHoldsEveryChunk) {
+  auto c = FsTestCluster::Start({.chunk_servers = 4,
+                                 .chunk_size = kChunk,
+                                 .heartbeat_ms = 100,
+                                 .replace_after_ms = 1000});
+  ASSERT_OK(c.status());
+  FsTestCluster& cluster = **c;
+  FsClient& client = cluster.client();
+  ASSERT_OK(client.MkdirAll("/heal", 0755));
+  std::map<std::string, std::string> files;
+  for (int i = 0; i < 24; ++i) {
+    std::string path = absl::StrCat("/heal/f", i);
+    files[path] = Pattern(kChunk * (1 + i % 3) + i, 1000 + i);
+    ASSERT_OK(client.WriteFile(path, files[path]));
+  }
+  const std::string dead = cluster.chunk_node_id(0);
+  ASSERT_OK(cluster.KillChunk(0));
+  // Replaced everywhere, then synced and serving: 3 SERVING members per
+  // chain.
+  auto member_of_any = [&](const v1::ChainTable& t) {
+    for (const v1::Chain& chain : t.chains()) {
+      for (const v1::ChainMember& m : chain.members()) {
+        if (m.node_id() == dead) return true;
+      }
+    }
+    return false;
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (true) {
+    // A new client each time: a client caches the table it fetched.
+    auto probe = cluster.NewClient();
+    ASSERT_OK(probe.status());
+    absl::StatusOr<v1::ChainTable> t = (*probe)->Table();
+    if (t.ok() && !member_of_any(*t)) break;
+    ASSERT_LT(absl::Now(), deadline) << "never replaced\n" << cluster.Logs();
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_OK(cluster.WaitForChains(3, absl::Seconds(60))) << cluster.Logs();
+  ASSERT_OK_AND_ASSIGN(v1::ChainTable table,
+                       cluster.NewClient().value()->Table());
+  std::map<std::string, std::string> address;
+  for (const auto& s : table.servers()) address[s.node_id()] = s.address();
+  for (const v1::Chain& chain : table.chains()) {
+    for (const v1::ChainMember& m : chain.members()) {
+      EXPECT_NE(m.node_id(), dead) << "chain " << chain.id();
+    }
+  }
+  for (const auto& [path, data] : files) {
+    ASSERT_OK_AND_ASSIGN(std::string back, client.ReadFile(path));
+    EXPECT_TRUE(back == data) << path;
+    ASSERT_OK_AND_ASSIGN(v1::Inode inode, client.Stat(path));
+    for (uint32_t index = 0; index * uint64_t{kChunk} < data.size(); ++index) {
+      const std::string want = data.substr(index * uint64_t{kChunk}, kChunk);
+      ASSERT_OK_AND_ASSIGN(const v1::Chain* chain,
+                           ChainFor(table, inode.id(), index));
+      ASSERT_EQ(chain->members_size(), 3);
+      for (const v1::ChainMember& m : chain->members()) {
+        absl::StatusOr<std::string> replica =
+            ReadReplica(address[m.node_id()], inode.id(), index);
+        ASSERT_TRUE(replica.ok()) << path << " chunk " << index << " on "
+                                  << m.node_id() << ": " << replica.status();
+        EXPECT_TRUE(*replica == want)
+            << path << " chunk " << index << " on " << m.node_id();
+      }
+    }
+  }
+  // Writes keep flowing through the healed chains.
+  ASSERT_OK(client.WriteFile("/heal/after", Pattern(3 * kChunk, 7)));
+  ASSERT_OK_AND_ASSIGN(std::string after, client.ReadFile("/heal/after"));
+  EXPECT_TRUE(after == Pattern(3 * kChunk, 7));
+}
+
 TEST(FsFaultTest, CorruptChunkFileIsDetectedServedElsewhereAndRepaired) {
   auto cluster = StartCluster();
   ASSERT_NE(cluster, nullptr);

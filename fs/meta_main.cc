@@ -20,6 +20,9 @@ ABSL_FLAG(uint32_t, replication, 3, "chunk servers per chain");
 ABSL_FLAG(uint32_t, chunk_size, 4 << 20, "bytes per chunk of new files");
 ABSL_FLAG(int64_t, heartbeat_ms, 1000,
           "chunk server heartbeat interval; 3 missed ones take it offline");
+ABSL_FLAG(int64_t, replace_after_ms, 120000,
+          "a chunk server offline this long is replaced by a spare in its "
+          "chains; -1: never");
 ABSL_FLAG(bool, sync_writes, false,
           "fsync the WAL on every commit (false: on fsync/close and every "
           "100 ms; a process crash loses nothing either way)");
@@ -48,6 +51,10 @@ int main(int argc, char** argv) {
   options.cluster.chunk_size = absl::GetFlag(FLAGS_chunk_size);
   options.cluster.heartbeat_interval =
       absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_ms));
+  options.cluster.replace_after =
+      absl::GetFlag(FLAGS_replace_after_ms) < 0
+          ? absl::InfiniteDuration()
+          : absl::Milliseconds(absl::GetFlag(FLAGS_replace_after_ms));
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
 
   auto server = dsec::fs::MetaServer::Create(options);

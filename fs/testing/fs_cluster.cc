@@ -109,6 +109,10 @@ absl::Status FsTestCluster::StartMeta() {
       absl::StrCat("--replication=", options_.replication),
       absl::StrCat("--chunk_size=", options_.chunk_size),
       absl::StrCat("--heartbeat_ms=", options_.heartbeat_ms)};
+  if (options_.replace_after_ms != 0) {
+    argv.push_back(
+        absl::StrCat("--replace_after_ms=", options_.replace_after_ms));
+  }
   ASSIGN_OR_RETURN(meta_, Subprocess::Start(argv, root_ + "/meta.log"));
   return absl::OkStatus();
 }

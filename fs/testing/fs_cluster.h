@@ -27,6 +27,8 @@ struct FsTestClusterOptions {
   int num_chains = 8;
   uint32_t chunk_size = 1 << 20;
   int heartbeat_ms = 200;
+  // dsec-meta --replace_after_ms (0: its default).
+  int replace_after_ms = 0;
   // Where data, logs and mountpoints go (a fresh temporary directory if
   // empty; removed at the end only if this created it).
   std::string root;
