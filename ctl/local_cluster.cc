@@ -130,6 +130,7 @@ absl::Status LocalCluster::StartFs(const LocalClusterOptions& options) {
   // Durable on fsync and close (and every 100 ms) like a local file system,
   // not on every namespace change.
   mopts.store.sync_writes = false;
+  mopts.store.orphan_grace = absl::Minutes(2);
   mopts.cluster.replication =
       static_cast<uint32_t>(std::min(3, options.fs_chunk_servers));
   mopts.cluster.num_chains = 8;

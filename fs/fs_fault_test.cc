@@ -282,6 +282,12 @@ TEST(FsFaultTest, MetaServerKilledRestartsWithNamespaceIntact) {
   ASSERT_OK_AND_ASSIGN(v1::Inode open_file,
                        client.Create(kRootIno, "open", 0644, 0, 0, true));
   ASSERT_OK(client.Write(FileRef::Of(open_file), 0, "written before"));
+  // And one unlinked while open: it must outlive the restart for its
+  // client (the orphan grace), then go.
+  ASSERT_OK_AND_ASSIGN(v1::Inode scratch,
+                       client.Create(kRootIno, "scratch", 0644, 0, 0, true));
+  ASSERT_OK(client.Write(FileRef::Of(scratch), 0, "scratch data"));
+  ASSERT_OK(client.Unlink(kRootIno, "scratch"));
   ASSERT_OK(cluster->KillMeta());
   // While it is down, namespace calls fail (after retries) as UNAVAILABLE.
   auto impatient =
@@ -300,6 +306,12 @@ TEST(FsFaultTest, MetaServerKilledRestartsWithNamespaceIntact) {
   ASSERT_OK(client.Fsync(open_file.id(), 14));
   ASSERT_OK(client.Close(open_file.id(), 14));
   EXPECT_EQ(client.ReadFile("/open").value(), "written before");
+  ASSERT_OK(client.Fsync(scratch.id(), 12));
+  ASSERT_OK_AND_ASSIGN(std::string scratch_back,
+                       client.Read(FileRef::Of(scratch), 12, 0, 100));
+  EXPECT_EQ(scratch_back, "scratch data");
+  ASSERT_OK(client.Close(scratch.id(), 12));
+  EXPECT_TRUE(absl::IsNotFound(client.Stat("/scratch").status()));
   // And it keeps working.
   ASSERT_OK(client.WriteFile("/after", "after restart"));
   EXPECT_EQ(client.ReadFile("/after").value(), "after restart");

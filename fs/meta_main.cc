@@ -23,6 +23,9 @@ ABSL_FLAG(int64_t, heartbeat_ms, 1000,
 ABSL_FLAG(int64_t, replace_after_ms, 120000,
           "a chunk server offline this long is replaced by a spare in its "
           "chains; -1: never");
+ABSL_FLAG(int64_t, orphan_grace_ms, 120000,
+          "files unlinked while open at a restart are kept this long for "
+          "their clients to re-open them");
 ABSL_FLAG(bool, sync_writes, false,
           "fsync the WAL on every commit (false: on fsync/close and every "
           "100 ms; a process crash loses nothing either way)");
@@ -46,6 +49,8 @@ int main(int argc, char** argv) {
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.store.chunk_size = absl::GetFlag(FLAGS_chunk_size);
   options.store.sync_writes = absl::GetFlag(FLAGS_sync_writes);
+  options.store.orphan_grace =
+      absl::Milliseconds(absl::GetFlag(FLAGS_orphan_grace_ms));
   options.cluster.num_chains = absl::GetFlag(FLAGS_num_chains);
   options.cluster.replication = absl::GetFlag(FLAGS_replication);
   options.cluster.chunk_size = absl::GetFlag(FLAGS_chunk_size);

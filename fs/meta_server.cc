@@ -110,6 +110,15 @@ struct MetaServer::Impl {
     // server costs one log line per backoff step, not one per interval.
     int backoff = 1;
     while (Sleep(options.gc_interval * backoff)) {
+      absl::StatusOr<int> orphans = store->ReclaimOrphans();
+      if (!orphans.ok()) {
+        DSEC_LOG_WARN("orphan reclaim: {}", orphans.status().ToString());
+      } else if (*orphans > 0) {
+        DSEC_LOG_INFO(
+            "reclaimed {} files unlinked while open before the "
+            "restart and not re-opened since",
+            *orphans);
+      }
       // Drain batch after batch while each one succeeds.
       for (;;) {
         absl::StatusOr<bool> more = GcPass();

@@ -353,6 +353,12 @@ absl::Status MetaStore::Init() {
     }
     RETURN_IF_ERROR(FromRocks(it->status(), "scan orphans"));
   }
+  if (options_.orphan_grace > absl::ZeroDuration()) {
+    absl::MutexLock lock(&open_mu_);
+    const absl::Time deadline = absl::Now() + options_.orphan_grace;
+    for (uint64_t id : orphans) recovered_orphans_[id] = deadline;
+    return absl::OkStatus();
+  }
   for (uint64_t id : orphans) {
     RETURN_IF_ERROR(RunTxn([&](Txn& txn) -> absl::Status {
       absl::StatusOr<v1::Inode*> inode = txn.Inode(id);
@@ -363,6 +369,37 @@ absl::Status MetaStore::Init() {
     }));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<int> MetaStore::ReclaimOrphans() {
+  std::vector<uint64_t> due;
+  {
+    absl::MutexLock lock(&open_mu_);
+    const absl::Time now = absl::Now();
+    for (auto it = recovered_orphans_.begin();
+         it != recovered_orphans_.end();) {
+      if (it->second > now) {
+        ++it;
+        continue;
+      }
+      if (!open_counts_.contains(it->first)) due.push_back(it->first);
+      // Re-opened ones are reclaimed by their last Close.
+      recovered_orphans_.erase(it++);
+    }
+  }
+  int reclaimed = 0;
+  for (uint64_t id : due) {
+    RETURN_IF_ERROR(RunTxn([&](Txn& txn) -> absl::Status {
+      absl::StatusOr<v1::Inode*> inode = txn.Inode(id);
+      if (inode.ok() && (*inode)->nlink() == 0 && OpenCount(id) == 0) {
+        RETURN_IF_ERROR(txn.DeleteInode(id));
+        ++reclaimed;
+      }
+      if (OpenCount(id) > 0) return absl::OkStatus();
+      return txn.DeleteOrphan(id);
+    }));
+  }
+  return reclaimed;
 }
 
 absl::StatusOr<uint64_t> MetaStore::AllocateIno() {

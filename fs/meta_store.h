@@ -35,6 +35,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "dsec/v1/fs.pb.h"
 
 namespace rocksdb {
@@ -58,6 +60,11 @@ struct MetaStoreOptions {
   // server calls it every wal_sync_interval) -- a local file system's
   // contract.
   bool sync_writes = true;
+  // Files unlinked while open when the server stopped ("orphans"): with a
+  // zero grace they are reclaimed when the store opens; otherwise they are
+  // kept that long so clients can re-open their handles (by inode) and go
+  // on, and ReclaimOrphans drops the ones nobody re-opened.
+  absl::Duration orphan_grace = absl::ZeroDuration();
 };
 
 // Which fields SetAttr changes; OR these together.
@@ -186,6 +193,10 @@ class MetaStore {
 
   // Open handle count of `ino` (0 when not open).
   int OpenCountForTesting(uint64_t ino);
+  // Reclaims the orphans found at open whose grace has passed and that no
+  // handle re-opened (the meta server calls it from its GC loop); returns
+  // how many. The last Close of a re-opened orphan reclaims it as usual.
+  absl::StatusOr<int> ReclaimOrphans();
 
  private:
   class Txn;
@@ -216,6 +227,9 @@ class MetaStore {
 
   absl::Mutex open_mu_;
   absl::flat_hash_map<uint64_t, int> open_counts_ ABSL_GUARDED_BY(open_mu_);
+  // Orphans found at open, kept until their deadline (orphan_grace).
+  absl::flat_hash_map<uint64_t, absl::Time> recovered_orphans_
+      ABSL_GUARDED_BY(open_mu_);
 };
 
 }  // namespace dsec::fs

@@ -32,9 +32,12 @@ using ::testing::IsEmpty;
 
 constexpr char kCrashDirEnv[] = "DSEC_FS_CRASH_CHILD_DIR";
 
-std::unique_ptr<MetaStore> OpenStore(const std::string& dir) {
+std::unique_ptr<MetaStore> OpenStore(
+    const std::string& dir,
+    absl::Duration orphan_grace = absl::ZeroDuration()) {
   MetaStoreOptions options;
   options.dir = dir;
+  options.orphan_grace = orphan_grace;
   options.sync_writes = false;
   auto store = MetaStore::Create(options);
   EXPECT_THAT(store, IsOk());
@@ -408,6 +411,53 @@ TEST_F(MetaStoreTest, OrphanLeftByACrashIsReclaimedOnOpen) {
   ASSERT_OK_AND_ASSIGN(FsckReport report, store_->Fsck());
   EXPECT_EQ(report.orphans, 0u);
   EXPECT_EQ(report.inodes, 1u);
+}
+
+TEST_F(MetaStoreTest, OrphanSurvivesARestartForItsGraceAndCanBeReopened) {
+  uint64_t f = CreateOk(kRootIno, "f");
+  ASSERT_OK(store_->Open(f, true).status());
+  ASSERT_OK(store_->Unlink(kRootIno, "f"));
+  store_.reset();  // The server restarts; the client still has f open.
+  store_ = OpenStore(tmp_.Join("meta"), absl::Hours(1));
+  ASSERT_OK_AND_ASSIGN(v1::Inode kept, store_->GetAttr(f));
+  EXPECT_EQ(kept.nlink(), 0u);
+  // The client re-opens its handle by inode and keeps writing.
+  ASSERT_OK(store_->Open(f, true).status());
+  ASSERT_OK(store_->Fsync(f, 4096));
+  ASSERT_OK_AND_ASSIGN(int reclaimed, store_->ReclaimOrphans());
+  EXPECT_EQ(reclaimed, 0);
+  EXPECT_OK(store_->GetAttr(f).status());
+  // Its last close reclaims it, and its chunks go to GC.
+  ASSERT_OK(store_->Close(f, std::nullopt));
+  EXPECT_EQ(ErrnoOf(store_->GetAttr(f).status()), ENOENT);
+  ASSERT_OK_AND_ASSIGN(std::vector<uint64_t> pending,
+                       store_->ListPendingGc(100));
+  EXPECT_EQ(pending, (std::vector<uint64_t>{f}));
+  ExpectConsistent(*store_);
+}
+
+TEST_F(MetaStoreTest, OrphanNobodyReopensIsReclaimedAfterItsGrace) {
+  uint64_t f = CreateOk(kRootIno, "f");
+  uint64_t g = CreateOk(kRootIno, "g");
+  ASSERT_OK(store_->Open(f, true).status());
+  ASSERT_OK(store_->Open(g, true).status());
+  ASSERT_OK(store_->Unlink(kRootIno, "f"));
+  ASSERT_OK(store_->Unlink(kRootIno, "g"));
+  store_.reset();
+  store_ = OpenStore(tmp_.Join("meta"), absl::Milliseconds(50));
+  ASSERT_OK_AND_ASSIGN(int early, store_->ReclaimOrphans());
+  EXPECT_EQ(early, 0);
+  ASSERT_OK(store_->Open(g, false).status());  // g's client came back
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_OK_AND_ASSIGN(int reclaimed, store_->ReclaimOrphans());
+  EXPECT_EQ(reclaimed, 1);
+  EXPECT_EQ(ErrnoOf(store_->GetAttr(f).status()), ENOENT);
+  EXPECT_OK(store_->GetAttr(g).status());
+  ASSERT_OK(store_->Close(g, std::nullopt));
+  EXPECT_EQ(ErrnoOf(store_->GetAttr(g).status()), ENOENT);
+  ASSERT_OK_AND_ASSIGN(FsckReport report, store_->Fsck());
+  EXPECT_EQ(report.orphans, 0u);
+  EXPECT_THAT(report.errors, IsEmpty());
 }
 
 TEST_F(MetaStoreTest, SealedInodesRefuseChanges) {
