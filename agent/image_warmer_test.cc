@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "common/testing/test_util.h"
+#include "fs/image.h"
 #include "gtest/gtest.h"
+#include "sandbox/sandbox.h"
 
 namespace dsec::agent {
 namespace {
@@ -59,6 +61,12 @@ TEST(ImageWarmer, ConcurrentCallersShareOneWalk) {
   uint64_t total = 0;
   for (uint64_t e : entries) total += e;
   EXPECT_EQ(total, 50u);
+}
+
+// Images are imported with owners shifted into the sandboxes' id range;
+// the two constants must agree or image files turn read-only in sandboxes.
+TEST(ImageIds, ImportShiftMatchesTheSandboxUserNamespace) {
+  EXPECT_EQ(sandbox::RuntimeOptions{}.uid_base, fs::kImageIdShift);
 }
 
 }  // namespace

@@ -68,12 +68,13 @@ std::string Join(const std::string& dir, const std::string& name) {
 // `parent`, then sets its owner, mode and times from `st`.
 absl::Status PutFile(FsClient& client, const std::string& path,
                      const struct stat& st, uint64_t parent,
-                     const std::string& name) {
+                     const std::string& name, uint32_t id_shift) {
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(absl::StrCat("open ", path));
   ASSIGN_OR_RETURN(v1::Inode inode,
-                   client.Create(parent, name, st.st_mode & 07777, st.st_uid,
-                                 st.st_gid, /*open=*/true));
+                   client.Create(parent, name, st.st_mode & 07777,
+                                 st.st_uid + id_shift, st.st_gid + id_shift,
+                                 /*open=*/true));
   uint64_t offset = 0;
   absl::Status status;
   std::string buf(kPiece, '\0');
@@ -143,7 +144,8 @@ int PrintInode(const FsCommandOptions& o, const std::string& path,
 
 absl::StatusOr<ImportStats> PutTree(FsClient& client,
                                     const std::string& local_dir,
-                                    const std::string& remote_dir) {
+                                    const std::string& remote_dir,
+                                    uint32_t id_shift) {
   struct stat root_st;
   if (lstat(local_dir.c_str(), &root_st) != 0) {
     return ErrnoStatus(absl::StrCat("stat ", local_dir));
@@ -157,9 +159,10 @@ absl::StatusOr<ImportStats> PutTree(FsClient& client,
   std::string root_name = std::filesystem::path(remote_dir).filename().string();
   if (parent_path.empty()) parent_path = "/";
   ASSIGN_OR_RETURN(v1::Inode parent, client.ResolvePath(parent_path));
-  ASSIGN_OR_RETURN(v1::Inode root,
-                   client.Mkdir(parent.id(), root_name, root_st.st_mode & 07777,
-                                root_st.st_uid, root_st.st_gid));
+  ASSIGN_OR_RETURN(
+      v1::Inode root,
+      client.Mkdir(parent.id(), root_name, root_st.st_mode & 07777,
+                   root_st.st_uid + id_shift, root_st.st_gid + id_shift));
 
   // Pass 1 (sequential): directories, symlinks; files queued.
   struct FileJob {
@@ -198,9 +201,10 @@ absl::StatusOr<ImportStats> PutTree(FsClient& client,
         return ErrnoStatus(absl::StrCat("stat ", local));
       }
       if (S_ISDIR(st.st_mode)) {
-        ASSIGN_OR_RETURN(v1::Inode d,
-                         client.Mkdir(dir_ino, name, st.st_mode & 07777,
-                                      st.st_uid, st.st_gid));
+        ASSIGN_OR_RETURN(
+            v1::Inode d,
+            client.Mkdir(dir_ino, name, st.st_mode & 07777,
+                         st.st_uid + id_shift, st.st_gid + id_shift));
         dirs.push_back({d.id(), st});
         stack.push_back({local, d.id()});
         ++stats.dirs;
@@ -209,9 +213,10 @@ absl::StatusOr<ImportStats> PutTree(FsClient& client,
         ssize_t n = readlink(local.c_str(), target.data(), target.size());
         if (n < 0) return ErrnoStatus(absl::StrCat("readlink ", local));
         target.resize(n);
-        RETURN_IF_ERROR(
-            client.Symlink(dir_ino, name, target, st.st_uid, st.st_gid)
-                .status());
+        RETURN_IF_ERROR(client
+                            .Symlink(dir_ino, name, target,
+                                     st.st_uid + id_shift, st.st_gid + id_shift)
+                            .status());
         ++stats.symlinks;
       } else if (S_ISREG(st.st_mode)) {
         FileJob job{local, st, dir_ino, name};
@@ -241,7 +246,8 @@ absl::StatusOr<ImportStats> PutTree(FsClient& client,
       size_t i = next.fetch_add(1);
       if (i >= files.size()) return;
       const FileJob& job = files[i];
-      absl::Status s = PutFile(client, job.local, job.st, job.parent, job.name);
+      absl::Status s =
+          PutFile(client, job.local, job.st, job.parent, job.name, id_shift);
       if (!s.ok()) {
         std::lock_guard<std::mutex> lock(error_mu);
         if (first_error.ok()) first_error = s;
@@ -273,7 +279,8 @@ absl::StatusOr<ImportStats> PutTree(FsClient& client,
 
 absl::StatusOr<ImportStats> ImportImage(FsClient& client,
                                         const std::string& name,
-                                        const std::string& source) {
+                                        const std::string& source,
+                                        uint32_t id_shift) {
   RETURN_IF_ERROR(ValidateImageName(name));
   struct stat st;
   if (stat(source.c_str(), &st) != 0) {
@@ -308,7 +315,7 @@ absl::StatusOr<ImportStats> ImportImage(FsClient& client,
   const std::string staging = absl::StrCat(".staging-", name, "-", getpid());
   (void)client.Remove(Join(kImagesDir, staging), /*recursive=*/true);
   ASSIGN_OR_RETURN(ImportStats stats,
-                   PutTree(client, dir, Join(kImagesDir, staging)));
+                   PutTree(client, dir, Join(kImagesDir, staging), id_shift));
   absl::Status renamed = client.Rename(images.id(), staging, images.id(), name,
                                        fs::kRenameNoReplace);
   if (!renamed.ok()) {
@@ -401,8 +408,9 @@ int RunFs(const FsCommandOptions& o, const Args& a, std::ostream& out,
     absl::StatusOr<v1::Inode> parent =
         client.Stat(std::filesystem::path(arg(3)).parent_path().string());
     if (!parent.ok()) return Fail(err, parent.status());
-    absl::Status s = PutFile(client, arg(2), st, parent->id(),
-                             std::filesystem::path(arg(3)).filename().string());
+    absl::Status s =
+        PutFile(client, arg(2), st, parent->id(),
+                std::filesystem::path(arg(3)).filename().string(), 0);
     return s.ok() ? 0 : Fail(err, s);
   }
   if (verb == "get" && n == 4) {

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "ctl/cli_util.h"
 #include "fs/fs_client.h"
+#include "fs/image.h"
 
 namespace dsec::ctl {
 
@@ -43,17 +44,21 @@ struct ImportStats {
 // Copies local directory `local_dir` into dsec-fs directory `remote_dir`
 // (created; must not exist), keeping modes, owners, mtimes, symlinks and
 // hard links; file contents in parallel. Other file types are skipped.
+// Owners are stored shifted by `id_shift` (uid and gid + id_shift).
 absl::StatusOr<ImportStats> PutTree(fs::FsClient& client,
                                     const std::string& local_dir,
-                                    const std::string& remote_dir);
+                                    const std::string& remote_dir,
+                                    uint32_t id_shift = 0);
 
 // Imports `source` (a directory, or a tarball unpacked with tar first) as
 // image `name`: /images/.staging-<name>-<pid>, renamed to /images/<name>
 // (ALREADY_EXISTS if taken), then sealed. INVALID_ARGUMENT for bad names
-// (fs/image.h ValidateImageName).
+// (fs/image.h ValidateImageName). Owners are shifted by `id_shift`
+// (fs::kImageIdShift: the sandboxes' user-namespace mapping).
 absl::StatusOr<ImportStats> ImportImage(fs::FsClient& client,
                                         const std::string& name,
-                                        const std::string& source);
+                                        const std::string& source,
+                                        uint32_t id_shift = fs::kImageIdShift);
 
 }  // namespace dsec::ctl
 

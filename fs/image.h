@@ -4,6 +4,7 @@
 #ifndef DSEC_FS_IMAGE_H_
 #define DSEC_FS_IMAGE_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -13,6 +14,15 @@ namespace dsec::fs {
 
 // Where images live, from the root of dsec-fs.
 inline constexpr char kImagesDir[] = "/images";
+
+// Image files are stored with their owners shifted by this much: an owner
+// uid/gid N in the source tree is kImageIdShift + N on dsec-fs, which is
+// exactly how a sandbox's user namespace maps its ids (root inside is host
+// uid sandbox::RuntimeOptions::uid_base, the same 200000). So inside a
+// sandbox image files belong to their real owners (root's files to root)
+// and can be changed (copied up into the writable layer) like any file of
+// a root file system, while the image on dsec-fs stays sealed.
+inline constexpr uint32_t kImageIdShift = 200000;
 
 // OK if `name` may name an image: 1-128 characters of [A-Za-z0-9._-], not
 // starting with '.'. INVALID_ARGUMENT saying what is wrong otherwise.

@@ -69,6 +69,7 @@ TEST_F(FsImageTest, SandboxRunsFromAnImageImportedIntoDsecFs) {
   CopyWithLibs("/bin/sh", rootfs);
   CopyWithLibs("/bin/cat", rootfs);
   CopyWithLibs("/bin/ls", rootfs);
+  CopyWithLibs("/bin/stat", rootfs);
   for (const char* d : {"/etc", "/tmp", "/proc", "/dev", "/root", "/data"}) {
     std::filesystem::create_directories(rootfs + d);
   }
@@ -125,21 +126,29 @@ TEST_F(FsImageTest, SandboxRunsFromAnImageImportedIntoDsecFs) {
       client::ExecOutcome out,
       sb->Run(client::Command::Shell(
           "cat /data/marker; echo changed > /tmp/new; cat /tmp/new; "
-          "echo overwrite > /data/marker 2>/dev/null || echo refused; "
+          "echo overwritten > /data/marker && cat /data/marker; "
+          "stat -c %u:%g /data/marker /etc/passwd; "
           "ls /usr 2>&1; echo done")));
   EXPECT_EQ(out.exit_code, 0) << out.stdout_data << "|" << out.stderr_data;
-  // Image files belong to the host's root, which the sandbox's root is not:
-  // they read but cannot be overwritten; the writable layer takes new files.
-  EXPECT_THAT(out.stdout_data, HasSubstr("from the image\nchanged\nrefused\n"));
+  // Image owners are stored shifted into the sandboxes' id range: inside,
+  // root's files belong to root, and overwriting one copies it up into the
+  // writable layer.
+  EXPECT_THAT(out.stdout_data,
+              HasSubstr("from the image\nchanged\noverwritten\n0:0\n0:0\n"));
   // Only the image: no host /usr bound in.
   EXPECT_THAT(out.stdout_data, HasSubstr("No such file"));
   EXPECT_THAT(out.stdout_data, HasSubstr("done"));
-  // The image is unchanged.
+  // The image is unchanged, on dsec-fs and in the next sandbox.
   std::ifstream in(mounted);
   std::stringstream content;
   content << in.rdbuf();
   EXPECT_EQ(content.str(), "from the image\n");
   ASSERT_OK(sb->Delete());
+  ASSERT_OK_AND_ASSIGN(auto next, client->CreateSandbox(spec));
+  ASSERT_OK_AND_ASSIGN(client::ExecOutcome again,
+                       next->Run(client::Command::Shell("cat /data/marker")));
+  EXPECT_EQ(again.stdout_data, "from the image\n");
+  ASSERT_OK(next->Delete());
 
   // Unknown and malformed images.
   spec.set_image("no-such-image");
