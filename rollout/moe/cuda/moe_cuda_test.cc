@@ -18,6 +18,7 @@
 #include "rollout/moe/cuda/cuda_moe.h"
 #include "rollout/moe/fused_moe.h"
 #include "rollout/moe/moe_layer.h"
+#include "rollout/moe/moe_testing.h"
 #include "rollout/moe/moe_weights.h"
 #include "rollout/moe/reference_moe.h"
 
@@ -25,6 +26,10 @@ namespace dsec::moe {
 namespace {
 
 using ::dsec::testing::StatusIs;
+using test_util::Config;
+using test_util::CountClampHits;
+using test_util::ExpectClose;
+using test_util::RandomInput;
 using ::testing::HasSubstr;
 
 bool GpuRequired() {
@@ -45,46 +50,6 @@ class CudaMoeTest : public ::testing::Test {
   }
 };
 
-std::vector<float> RandomInput(int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
-// Per element |got - ref| <= kCudaMoeTolerance * (|ref| + rms(ref)).
-void ExpectClose(const std::vector<float>& got, const std::vector<float>& ref,
-                 const std::string& what) {
-  ASSERT_EQ(got.size(), ref.size()) << what;
-  double sq = 0;
-  for (float r : ref) sq += double{r} * r;
-  const double rms = ref.empty() ? 0 : std::sqrt(sq / ref.size());
-  int bad = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double tol = kCudaMoeTolerance * (std::fabs(ref[i]) + rms);
-    if (!(std::fabs(double{got[i]} - ref[i]) <= tol)) {
-      if (++bad <= 3) {
-        ADD_FAILURE() << what << ": element " << i << " got " << got[i]
-                      << " want " << ref[i] << " (tol " << tol << ")";
-      }
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size()
-                    << " elements out of tolerance";
-}
-
-MoeConfig Config(int64_t h, int64_t e, int64_t k, int64_t i, int64_t s) {
-  MoeConfig c;
-  c.hidden = h;
-  c.num_experts = e;
-  c.top_k = k;
-  c.intermediate = i;
-  c.num_shared_experts = s;
-  c.routed_scaling_factor = 1.5f;
-  return c;
-}
-
 struct Layers {
   std::shared_ptr<const MoeWeights> weights;
   std::unique_ptr<ReferenceMoe> reference;
@@ -100,25 +65,6 @@ absl::StatusOr<Layers> MakeLayers(const MoeConfig& config, float scale) {
   ASSIGN_OR_RETURN(l.fused, MakeCudaFusedMoe(config, *l.weights));
   ASSIGN_OR_RETURN(l.unfused, MakeCudaUnfusedMoe(config, *l.weights));
   return l;
-}
-
-// Pre-activations past the clamp, first tokens, all routed experts.
-int CountClampHits(const MoeWeights& w, const std::vector<float>& x,
-                   int64_t tokens) {
-  const MoeConfig& c = w.config();
-  int hits = 0;
-  for (int64_t t = 0; t < std::min<int64_t>(tokens, 4); ++t) {
-    for (int64_t e = 0; e < c.num_experts; ++e) {
-      for (int64_t r = 0; r < 2 * c.intermediate; ++r) {
-        double acc = 0;
-        for (int64_t col = 0; col < c.hidden; ++col) {
-          acc += w.expert(e).w1.At(r, col) * x[t * c.hidden + col];
-        }
-        if (std::fabs(acc) > kSwigluLimit) ++hits;
-      }
-    }
-  }
-  return hits;
 }
 
 struct Case {
