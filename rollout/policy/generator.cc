@@ -58,19 +58,18 @@ void ExtendBlockHashes(absl::Span<const int32_t> tokens,
                        std::vector<uint64_t>& hashes) {
   for (int64_t k = hashes.size();
        (k + 1) * kPrefixBlock <= static_cast<int64_t>(tokens.size()); ++k) {
-    hashes.push_back(
-        Hash64(absl::string_view(
-                   reinterpret_cast<const char*>(tokens.data() +
-                                                 k * kPrefixBlock),
-                   kPrefixBlock * sizeof(int32_t)),
-               k == 0 ? 0 : hashes[k - 1]));
+    hashes.push_back(Hash64(
+        absl::string_view(
+            reinterpret_cast<const char*>(tokens.data() + k * kPrefixBlock),
+            kPrefixBlock * sizeof(int32_t)),
+        k == 0 ? 0 : hashes[k - 1]));
   }
 }
 
 int64_t CommonPrefix(absl::Span<const int32_t> a, absl::Span<const int32_t> b,
                      int64_t limit) {
-  limit = std::min<int64_t>({limit, static_cast<int64_t>(a.size()),
-                             static_cast<int64_t>(b.size())});
+  limit = std::min<int64_t>(
+      {limit, static_cast<int64_t>(a.size()), static_cast<int64_t>(b.size())});
   int64_t n = 0;
   while (n < limit && a[n] == b[n]) ++n;
   return n;
@@ -451,9 +450,9 @@ absl::Status Generator::Prepare(const GenerationRequest& req, Seq& seq) {
   keep = std::min(keep, seq.reusable);
   seq.cache->Truncate(keep);
   if (seq.session != nullptr) {
-    SetTokens(*seq.session, std::vector<int32_t>(seq.session->tokens.begin(),
-                                                 seq.session->tokens.begin() +
-                                                     keep));
+    SetTokens(*seq.session,
+              std::vector<int32_t>(seq.session->tokens.begin(),
+                                   seq.session->tokens.begin() + keep));
   }
   res.prefill_tokens = seq.target - keep;
   seq.reserve = std::min<int64_t>(
@@ -700,8 +699,9 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
   }
   for (Seq& s : seqs) {  // the sessions' caches hold these tokens now
     if (s.session != nullptr) {
-      SetTokens(*s.session, std::vector<int32_t>(
-                                s.all.begin(), s.all.begin() + s.cache->size()));
+      SetTokens(
+          *s.session,
+          std::vector<int32_t>(s.all.begin(), s.all.begin() + s.cache->size()));
     }
   }
   for (GenerationResult& r : results) {

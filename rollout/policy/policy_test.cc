@@ -327,6 +327,39 @@ TEST(Model, IncrementalDecodeMatchesFullRecomputation) {
   }
 }
 
+TEST(Model, CopiedPrefixGivesBitwiseEqualLogits) {
+  auto model = SmallModel(2);
+  const int64_t v = model->config().vocab_size;
+  const std::vector<int32_t> a = Prompt(
+      "A shared system prompt of some length, then the first user's text");
+  std::vector<int32_t> b(a.begin(), a.begin() + 37);  // not panel-aligned
+  for (int32_t t : Prompt("and a second user's different question")) {
+    b.push_back(t);
+  }
+  KvCache fresh(model->config());
+  ForwardSegment all{&fresh, b, ForwardSegment::Logits::kAll};
+  auto want = model->Forward({&all, 1});
+  ASSERT_THAT(want.status(), IsOk());
+  KvCache donor(model->config());
+  ForwardSegment d{&donor, a};
+  ASSERT_THAT(model->Forward({&d, 1}).status(), IsOk());
+  // Into an empty cache, and into one that held something longer.
+  KvCache empty(model->config()), used(model->config());
+  const std::vector<int32_t> other = Prompt(std::string(120, 'u'));
+  ForwardSegment u{&used, other};
+  ASSERT_THAT(model->Forward({&u, 1}).status(), IsOk());
+  for (KvCache* cache : {&empty, &used}) {
+    cache->CopyPrefix(donor, 37);
+    ASSERT_EQ(cache->size(), 37);
+    ForwardSegment rest{cache, absl::MakeConstSpan(b).subspan(37),
+                        ForwardSegment::Logits::kAll};
+    auto got = model->Forward({&rest, 1});
+    ASSERT_THAT(got.status(), IsOk());
+    EXPECT_EQ(got->logits, std::vector<float>(want->logits.begin() + 37 * v,
+                                              want->logits.end()));
+  }
+}
+
 TEST(Model, RejectsBadSegments) {
   auto model = SmallModel();
   KvCache cache(model->config());
@@ -862,10 +895,10 @@ TEST(Generator, OneCallPrefillsASharedPrefixOnce) {
   auto model = SmallModel(2);
   std::vector<GenerationRequest> reqs;
   for (int i = 0; i < 7; ++i) {
-    reqs.push_back(SharedRequest(
-        absl::StrCat(std::string(1, 'a' + i), " user message ",
-                     std::string(5 + 9 * i, 'x')),
-        200 + i));
+    reqs.push_back(
+        SharedRequest(absl::StrCat(std::string(1, 'a' + i), " user message ",
+                                   std::string(5 + 9 * i, 'x')),
+                      200 + i));
     reqs.back().session_id = absl::StrCat("ep", i);
   }
   reqs[2].sampling.temperature = 0;
@@ -988,8 +1021,8 @@ TEST(Generator, WalResumeWithASharedPrefixIsBitwiseIdentical) {
   }
   const std::string log = ReadFile(wal);
   ASSERT_EQ(log.size(), kWalHeader + want.tokens.size() * kWalRecord);
-  for (size_t records : {size_t{0}, size_t{5}, want.tokens.size() - 1,
-                         want.tokens.size()}) {
+  for (size_t records :
+       {size_t{0}, size_t{5}, want.tokens.size() - 1, want.tokens.size()}) {
     WriteFile(wal, log.substr(0, kWalHeader + records * kWalRecord));
     Generator gen(model.get());
     ASSERT_THAT(gen.Generate({&donor, 1}).status(), IsOk());
@@ -1037,9 +1070,9 @@ TEST(Generator, DISABLED_SharedPrefixThroughput) {
     const auto t0 = std::chrono::steady_clock::now();
     auto res = gen.Generate(reqs);
     ASSERT_THAT(res.status(), IsOk());
-    const double s = std::chrono::duration<double>(
-                         std::chrono::steady_clock::now() - t0)
-                         .count();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
     int64_t prefill = 0, shared = 0, generated = 0;
     for (const GenerationResult& r : *res) {
       prefill += r.prefill_tokens;
@@ -1051,8 +1084,8 @@ TEST(Generator, DISABLED_SharedPrefixThroughput) {
     std::printf(
         "share_prefixes=%d: %lld prefilled, %lld shared, %lld generated, "
         "%.2f s\n",
-        share, static_cast<long long>(prefill),
-        static_cast<long long>(shared), static_cast<long long>(generated), s);
+        share, static_cast<long long>(prefill), static_cast<long long>(shared),
+        static_cast<long long>(generated), s);
   }
 }
 
