@@ -2,15 +2,24 @@
 //   1. Prepare each request: open its WAL (logged tokens = already sampled),
 //      pick its cache (the session's, truncated to the longest prefix it
 //      shares with what must be fed, or a fresh one) and the pending tokens.
-//   2. Prefill: pending tokens of all sequences, in chunks, several
-//      sequences per forward; the chunk that ends a sequence's tokens
-//      returns the logits of its last token.
+//   2. Share prefixes (in request order): if another cached session holds
+//      a longer common prefix than the request's own cache, copy its rows
+//      now; if an earlier request of this call will hold a longer one still,
+//      wait for it (the request's cache is emptied and filled by copy in
+//      the prefill once the leader has computed those rows).
+//   3. Prefill: pending tokens of all sequences not waiting, in chunks,
+//      several sequences per forward; the chunk that ends a sequence's
+//      tokens returns the logits of its last token.
 //   3. Decode: per step, sample every active sequence (log to the WAL
 //      first), retire the finished, and run one forward of one token each.
 //
-// Invariant: a sequence's cache holds exactly the first cache->size()
+// Invariants: a sequence's cache holds exactly the first cache->size()
 // tokens of seq.all (prompt + generated), so after the call the session's
-// token list is that prefix.
+// token list is that prefix. At all times a session's `tokens` are a prefix
+// of what its cache holds, and prefixes_ holds exactly the hashes of every
+// session's `blocks` (SetTokens is the only writer of either), so a donor
+// found through the index has those rows. A waiting request's leader comes
+// earlier in the call, so the wait always ends.
 #include "rollout/policy/generator.h"
 
 #include <fcntl.h>
@@ -35,6 +44,36 @@ namespace {
 
 using internal::Hash64;
 using internal::Mix64;
+
+// Prefixes are indexed at multiples of this many tokens: a match found
+// through the index is extended token by token on one candidate, so at
+// most kPrefixBlock - 1 shareable tokens are missed when another candidate
+// would have matched further.
+constexpr int64_t kPrefixBlock = 16;
+
+// Appends to `hashes` (the chained hashes of a prefix of `tokens`' blocks)
+// those of the remaining whole blocks: hashes[k] identifies tokens[0,
+// kPrefixBlock (k + 1)).
+void ExtendBlockHashes(absl::Span<const int32_t> tokens,
+                       std::vector<uint64_t>& hashes) {
+  for (int64_t k = hashes.size();
+       (k + 1) * kPrefixBlock <= static_cast<int64_t>(tokens.size()); ++k) {
+    hashes.push_back(Hash64(
+        absl::string_view(
+            reinterpret_cast<const char*>(tokens.data() + k * kPrefixBlock),
+            kPrefixBlock * sizeof(int32_t)),
+        k == 0 ? 0 : hashes[k - 1]));
+  }
+}
+
+int64_t CommonPrefix(absl::Span<const int32_t> a, absl::Span<const int32_t> b,
+                     int64_t limit) {
+  limit = std::min<int64_t>(
+      {limit, static_cast<int64_t>(a.size()), static_cast<int64_t>(b.size())});
+  int64_t n = 0;
+  while (n < limit && a[n] == b[n]) ++n;
+  return n;
+}
 
 double UniformFor(uint64_t seed, int64_t step) {
   const uint64_t z = Mix64(
@@ -270,7 +309,8 @@ int32_t SampleToken(absl::Span<const float> logits, const SamplingParams& p,
 struct Generator::Session {
   explicit Session(const ModelConfig& config) : cache(config) {}
   KvCache cache;
-  std::vector<int32_t> tokens;  // what the cache holds
+  std::vector<int32_t> tokens;   // a prefix of what the cache holds
+  std::vector<uint64_t> blocks;  // ExtendBlockHashes(tokens), in prefixes_
   uint64_t last_use = 0;
 };
 
@@ -283,6 +323,10 @@ struct Generator::Seq {
   std::unique_ptr<Wal> wal;
   std::vector<int32_t> all;  // prompt + generated
   int64_t target = 0;        // feed all[0, target) before sampling
+  int64_t reusable = 0;      // rows [0, reusable) may come from a cache
+  int64_t reserve = 0;       // positions the cache will need
+  int64_t leader = -1;       // waits to copy rows [0, shared) from it
+  int64_t shared = 0;
   bool done = false;
   std::vector<float> logits;
 };
@@ -294,7 +338,32 @@ Generator::~Generator() = default;
 
 void Generator::DropSession(absl::string_view session_id) {
   absl::MutexLock lock(&mu_);
-  sessions_.erase(session_id);
+  EraseSession(session_id);
+}
+
+void Generator::EraseSession(absl::string_view session_id) {
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) return;
+  SetTokens(*it->second, {});
+  sessions_.erase(it);
+}
+
+void Generator::SetTokens(Session& s, std::vector<int32_t> tokens) {
+  const int64_t common = CommonPrefix(s.tokens, tokens, tokens.size());
+  while (static_cast<int64_t>(s.blocks.size()) * kPrefixBlock > common) {
+    auto it = prefixes_.find(s.blocks.back());
+    if (it != prefixes_.end()) {
+      it->second.erase(&s);
+      if (it->second.empty()) prefixes_.erase(it);
+    }
+    s.blocks.pop_back();
+  }
+  s.tokens = std::move(tokens);
+  const size_t from = s.blocks.size();
+  ExtendBlockHashes(s.tokens, s.blocks);
+  for (size_t k = from; k < s.blocks.size(); ++k) {
+    prefixes_[s.blocks[k]].insert(&s);
+  }
 }
 
 int64_t Generator::cached_sessions() const {
@@ -373,14 +442,79 @@ absl::Status Generator::Prepare(const GenerationRequest& req, Seq& seq) {
     seq.cache = seq.own.get();
   }
   // Logits (and routing from the last prompt position on) must be computed.
-  if (!seq.done) keep = std::min<int64_t>(keep, seq.target - 1);
+  seq.reusable = seq.target - (seq.done ? 0 : 1);
   if (req.return_routing) {
-    keep = std::min<int64_t>(keep, req.prompt.size() - 1);
+    seq.reusable = std::min<int64_t>(seq.reusable, req.prompt.size() - 1);
   }
+  seq.reusable = std::max<int64_t>(seq.reusable, 0);
+  keep = std::min(keep, seq.reusable);
   seq.cache->Truncate(keep);
-  if (seq.session != nullptr) seq.session->tokens.resize(keep);
+  if (seq.session != nullptr) {
+    SetTokens(*seq.session,
+              std::vector<int32_t>(seq.session->tokens.begin(),
+                                   seq.session->tokens.begin() + keep));
+  }
   res.prefill_tokens = seq.target - keep;
+  seq.reserve = std::min<int64_t>(
+      config.max_seq_len,
+      seq.target + (seq.done ? 0 : sp.max_new_tokens - res.tokens.size()));
   return absl::OkStatus();
+}
+
+void Generator::SharePrefix(std::vector<Seq>& seqs, size_t i,
+                            absl::flat_hash_map<uint64_t, size_t>& leaders) {
+  Seq& seq = seqs[i];
+  const absl::Span<const int32_t> want(seq.all.data(), seq.target);
+  std::vector<uint64_t> hashes;
+  ExtendBlockHashes(want, hashes);
+  const size_t usable = seq.reusable / kPrefixBlock;
+  // The deepest block prefix some cached session holds.
+  size_t depth = 0;
+  while (depth < usable && prefixes_.contains(hashes[depth])) ++depth;
+  Session* donor = nullptr;
+  int64_t from_cache = 0;
+  if (depth > 0) {
+    for (Session* s : prefixes_.find(hashes[depth - 1])->second) {
+      if (s != seq.session) {
+        donor = s;
+        break;
+      }
+    }
+    // Compared from 0: a hash collision only shortens the match.
+    if (donor != nullptr) {
+      from_cache = CommonPrefix(donor->tokens, want, seq.reusable);
+    }
+  }
+  // The deepest one an earlier request of this call will hold.
+  depth = 0;
+  while (depth < usable && leaders.contains(hashes[depth])) ++depth;
+  int64_t leader = -1, from_leader = 0;
+  if (depth > 0) {
+    leader = leaders.find(hashes[depth - 1])->second;
+    const Seq& l = seqs[leader];
+    from_leader = CommonPrefix(absl::MakeConstSpan(l.all.data(), l.target),
+                               want, seq.reusable);
+  }
+  for (uint64_t h : hashes) leaders.try_emplace(h, i);
+
+  const int64_t have = seq.cache->size();
+  if (from_leader > std::max(have, from_cache)) {
+    seq.cache->Truncate(0);
+    if (seq.session != nullptr) SetTokens(*seq.session, {});
+    seq.leader = leader;
+    seq.shared = from_leader;
+  } else if (from_cache > have) {
+    seq.cache->CopyPrefix(donor->cache, from_cache, seq.reserve);
+    if (seq.session != nullptr) {
+      SetTokens(*seq.session,
+                std::vector<int32_t>(want.begin(), want.begin() + from_cache));
+    }
+    seq.shared = from_cache;
+  } else {
+    return;
+  }
+  seq.res->prefill_tokens = seq.target - seq.shared;
+  seq.res->shared_prefix_tokens = seq.shared;
 }
 
 absl::Status Generator::RunForward(std::vector<Seq*>& seqs,
@@ -436,6 +570,7 @@ void Generator::EvictSessions() {
       if (it->second->last_use < oldest->second->last_use) oldest = it;
     }
     bytes -= oldest->second->cache.Bytes();
+    SetTokens(*oldest->second, {});
     sessions_.erase(oldest);
   }
 }
@@ -485,17 +620,27 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
       seqs[i].res = &results[i];
       RETURN_IF_ERROR(Prepare(requests[i], seqs[i]));
     }
+    if (options_.share_prefixes) {
+      absl::flat_hash_map<uint64_t, size_t> leaders;
+      for (size_t i = 0; i < seqs.size(); ++i) SharePrefix(seqs, i, leaders);
+    }
     // Prefill.
     const int64_t chunk = std::max(1, options_.prefill_chunk);
     const int64_t budget = std::max<int64_t>(chunk, options_.prefill_budget);
     for (;;) {
+      for (Seq& s : seqs) {
+        if (s.leader >= 0 && seqs[s.leader].cache->size() >= s.shared) {
+          s.cache->CopyPrefix(*seqs[s.leader].cache, s.shared, s.reserve);
+          s.leader = -1;
+        }
+      }
       std::vector<Seq*> batch;
       std::vector<int64_t> counts;
       std::vector<bool> logits;
       int64_t left = budget;
       for (Seq& s : seqs) {
         const int64_t pending = s.target - s.cache->size();
-        if (pending <= 0 || left <= 0) continue;
+        if (s.leader >= 0 || pending <= 0 || left <= 0) continue;
         const int64_t n = std::min({pending, chunk, left});
         batch.push_back(&s);
         counts.push_back(n);
@@ -504,6 +649,9 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
       }
       if (batch.empty()) break;
       RETURN_IF_ERROR(RunForward(batch, counts, logits));
+    }
+    for (const Seq& s : seqs) {
+      if (s.leader >= 0) return absl::InternalError("generate: stuck prefix");
     }
     // Decode.
     const int32_t eos = tokenizer_.eos();
@@ -546,12 +694,14 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
   }();
   if (!status.ok()) {
     // Caches may be part-way; forget the sessions this call touched.
-    for (const GenerationRequest& r : requests) sessions_.erase(r.session_id);
+    for (const GenerationRequest& r : requests) EraseSession(r.session_id);
     return status;
   }
   for (Seq& s : seqs) {  // the sessions' caches hold these tokens now
     if (s.session != nullptr) {
-      s.session->tokens.assign(s.all.begin(), s.all.begin() + s.cache->size());
+      SetTokens(
+          *s.session,
+          std::vector<int32_t>(s.all.begin(), s.all.begin() + s.cache->size()));
     }
   }
   for (GenerationResult& r : results) {

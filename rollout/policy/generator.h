@@ -19,6 +19,15 @@
 // written with pwrite, so they survive the process being killed; they
 // survive a machine crash only with GeneratorOptions::wal_sync.
 //
+// Prefix sharing: a request whose tokens start with the same tokens as
+// another cached session's (a shared system prompt) does not recompute
+// them: its cache starts as a copy of that session's K/V rows for the
+// longest common prefix (found through a hash of every 16-token-aligned
+// prefix of every session, so the cost is per request, not per step).
+// Requests of one call that share a prefix prefill it once: the rest wait
+// for the first of them and copy. Copies are independent of their donor
+// (evicting it is safe) and bitwise equal to recomputation (model.h).
+//
 // Routing (return_routing): for generated token i, the MoE routing of the
 // forward step whose logits it was sampled from, i.e. of the input token at
 // position prompt.size() - 1 + i: exactly the positions a trainer computes
@@ -36,6 +45,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -78,6 +88,8 @@ struct GenerationResult {
   enum class Finish { kEos, kToolCalls, kLength } finish = Finish::kLength;
   int64_t resumed_tokens = 0;  // recovered from the WAL, not sampled
   int64_t prefill_tokens = 0;  // prompt (and WAL) tokens actually computed
+  // Positions whose K/V were copied from another session or request.
+  int64_t shared_prefix_tokens = 0;
   std::vector<TokenRouting> routing;  // per generated token (see top)
 };
 
@@ -88,6 +100,7 @@ struct GeneratorOptions {
   int32_t prefill_chunk = 256;    // tokens of one sequence per forward
   int32_t prefill_budget = 1024;  // tokens of all sequences per forward
   bool wal_sync = false;          // fdatasync the WAL after each record
+  bool share_prefixes = true;     // copy common prefixes' K/V (see top)
 };
 
 // Samples from one row of logits; token `step` of a request always uses the
@@ -116,6 +129,18 @@ class Generator {
   struct Seq;
   absl::Status Prepare(const GenerationRequest& req, Seq& seq)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Picks where seqs[i]'s cache starts: its own session's rows, a copy of
+  // a cached session's, or (later, in the prefill) a copy of an earlier
+  // request's. `leaders` maps block hashes of the earlier requests' tokens
+  // to their index.
+  void SharePrefix(std::vector<Seq>& seqs, size_t i,
+                   absl::flat_hash_map<uint64_t, size_t>& leaders)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets s.tokens (REQUIRES: the cache holds them) and re-indexes.
+  void SetTokens(Session& s, std::vector<int32_t> tokens)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseSession(absl::string_view session_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunForward(std::vector<Seq*>& seqs,
                           const std::vector<int64_t>& counts,
                           const std::vector<bool>& want_logits);
@@ -128,6 +153,9 @@ class Generator {
   absl::flat_hash_map<std::string, std::unique_ptr<Session>> sessions_
       ABSL_GUARDED_BY(mu_);
   uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
+  // Hash of tokens[0, 16 k) -> the sessions whose tokens start so.
+  absl::flat_hash_map<uint64_t, absl::flat_hash_set<Session*>> prefixes_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dsec::policy

@@ -260,6 +260,26 @@ KvCache::KvCache(const ModelConfig& config)
 
 void KvCache::Truncate(int64_t n) { size_ = std::clamp<int64_t>(n, 0, size_); }
 
+void KvCache::CopyPrefix(const KvCache& from, int64_t n, int64_t reserve) {
+  size_ = 0;  // nothing to carry over when Reserve re-lays the values
+  Reserve(std::max(n, reserve));
+  const int64_t hd = head_dim_;
+  // Keys: whole panels, positions [0, n rounded up to kNr) are contiguous
+  // (the tail past n is never read before it is overwritten, as after
+  // Truncate). Values: n positions of each 16-dim panel.
+  const int64_t key_elems = CeilDiv(n, kNr) * kNr * hd;
+  for (int64_t i = 0; i < heads_total_ && n > 0; ++i) {
+    std::memcpy(keys_[i].bf16.data(), from.keys_[i].bf16.data(),
+                key_elems * sizeof(uint16_t));
+    for (int64_t q = 0; q < hd / kNr; ++q) {
+      std::memcpy(values_[i].bf16.data() + q * capacity_ * kNr,
+                  from.values_[i].bf16.data() + q * from.capacity_ * kNr,
+                  n * kNr * sizeof(uint16_t));
+    }
+  }
+  size_ = n;
+}
+
 int64_t KvCache::Bytes() const {
   return capacity_ * heads_total_ * head_dim_ * 2 * int64_t{sizeof(uint16_t)};
 }

@@ -82,6 +82,13 @@ class KvCache {
   int64_t size() const { return size_; }
   // Forgets positions [n, size()). REQUIRES: 0 <= n <= size().
   void Truncate(int64_t n);
+  // Replaces the contents with a copy of positions [0, n) of `from` (the
+  // two stay independent), with room for at least `reserve` positions.
+  // K/V rows depend only on the tokens before them (see Model), so this
+  // equals recomputing them when both sequences start with the same n
+  // tokens. REQUIRES: `from` made for the same config, 0 <= n <=
+  // from.size(), &from != this.
+  void CopyPrefix(const KvCache& from, int64_t n, int64_t reserve = 0);
   int64_t Bytes() const;
 
  private:

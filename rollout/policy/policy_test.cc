@@ -327,6 +327,39 @@ TEST(Model, IncrementalDecodeMatchesFullRecomputation) {
   }
 }
 
+TEST(Model, CopiedPrefixGivesBitwiseEqualLogits) {
+  auto model = SmallModel(2);
+  const int64_t v = model->config().vocab_size;
+  const std::vector<int32_t> a = Prompt(
+      "A shared system prompt of some length, then the first user's text");
+  std::vector<int32_t> b(a.begin(), a.begin() + 37);  // not panel-aligned
+  for (int32_t t : Prompt("and a second user's different question")) {
+    b.push_back(t);
+  }
+  KvCache fresh(model->config());
+  ForwardSegment all{&fresh, b, ForwardSegment::Logits::kAll};
+  auto want = model->Forward({&all, 1});
+  ASSERT_THAT(want.status(), IsOk());
+  KvCache donor(model->config());
+  ForwardSegment d{&donor, a};
+  ASSERT_THAT(model->Forward({&d, 1}).status(), IsOk());
+  // Into an empty cache, and into one that held something longer.
+  KvCache empty(model->config()), used(model->config());
+  const std::vector<int32_t> other = Prompt(std::string(120, 'u'));
+  ForwardSegment u{&used, other};
+  ASSERT_THAT(model->Forward({&u, 1}).status(), IsOk());
+  for (KvCache* cache : {&empty, &used}) {
+    cache->CopyPrefix(donor, 37);
+    ASSERT_EQ(cache->size(), 37);
+    ForwardSegment rest{cache, absl::MakeConstSpan(b).subspan(37),
+                        ForwardSegment::Logits::kAll};
+    auto got = model->Forward({&rest, 1});
+    ASSERT_THAT(got.status(), IsOk());
+    EXPECT_EQ(got->logits, std::vector<float>(want->logits.begin() + 37 * v,
+                                              want->logits.end()));
+  }
+}
+
 TEST(Model, RejectsBadSegments) {
   auto model = SmallModel();
   KvCache cache(model->config());
@@ -762,6 +795,300 @@ TEST(Generator, WalMismatchIsFailedPrecondition) {
   std::remove(wal.c_str());
 }
 
+// ------------------------------------------------------- prefix sharing
+
+// A system prompt of 1 + 150 tokens (not a multiple of the 16-token index
+// blocks) that every request below starts with.
+const std::string& SystemText() {
+  static const std::string* text = [] {
+    std::string t;
+    while (t.size() < 150) t += "You are a careful agent; tools: run, read. ";
+    t.resize(150);
+    return new std::string(t);
+  }();
+  return *text;
+}
+
+GenerationRequest SharedRequest(absl::string_view user, uint64_t seed,
+                                int32_t max_new = 24) {
+  return Request(absl::StrCat(SystemText(), user), seed, max_new);
+}
+
+int64_t CommonLength(const std::vector<int32_t>& a,
+                     const std::vector<int32_t>& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+
+// The reference: the request alone, nothing cached, nothing shared.
+GenerationResult Alone(Model* model, GenerationRequest r) {
+  r.session_id.clear();
+  r.wal_path.clear();
+  Generator gen(model);
+  auto res = gen.Generate({&r, 1});
+  EXPECT_THAT(res.status(), IsOk());
+  return res.ok() ? (*res)[0] : GenerationResult{};
+}
+
+void ExpectSameGeneration(const GenerationResult& got,
+                          const GenerationResult& want, int where) {
+  EXPECT_EQ(got.tokens, want.tokens) << where;
+  EXPECT_EQ(got.finish, want.finish) << where;
+  ASSERT_EQ(got.routing.size(), want.routing.size()) << where;
+  for (size_t t = 0; t < got.routing.size(); ++t) {
+    EXPECT_EQ(got.routing[t].experts, want.routing[t].experts) << where;
+    EXPECT_EQ(got.routing[t].weights, want.routing[t].weights) << where;
+  }
+}
+
+TEST(Generator, NewSessionCopiesTheCommonPrefixOfACachedOne) {
+  auto model = SmallModel(2);
+  Generator gen(model.get());
+  GenerationRequest donor = SharedRequest("Question one: list files.", 1);
+  donor.session_id = "donor";
+  auto d = gen.Generate({&donor, 1});
+  ASSERT_THAT(d.status(), IsOk());
+  EXPECT_EQ((*d)[0].shared_prefix_tokens, 0);
+  EXPECT_EQ((*d)[0].prefill_tokens, static_cast<int64_t>(donor.prompt.size()));
+
+  char first = 'A';  // each user message differs from all before it
+  for (float temperature : {1.0f, 0.0f}) {
+    for (bool routing : {false, true}) {
+      GenerationRequest r = SharedRequest(
+          absl::StrCat(std::string(1, first++), "nother question"),
+          40 + routing);
+      r.session_id = absl::StrCat("s", temperature, routing);
+      r.sampling.temperature = temperature;
+      r.return_routing = routing;
+      const int64_t common = CommonLength(r.prompt, donor.prompt);
+      ASSERT_EQ(common, 1 + static_cast<int64_t>(SystemText().size()));
+      auto res = gen.Generate({&r, 1});
+      ASSERT_THAT(res.status(), IsOk());
+      const GenerationResult& got = (*res)[0];
+      EXPECT_EQ(got.shared_prefix_tokens, common);
+      EXPECT_EQ(got.prefill_tokens,
+                static_cast<int64_t>(r.prompt.size()) - common);
+      ExpectSameGeneration(got, Alone(model.get(), r), routing);
+    }
+  }
+  // A request without a session shares too.
+  GenerationRequest anon = SharedRequest("No session here.", 9);
+  auto res = gen.Generate({&anon, 1});
+  ASSERT_THAT(res.status(), IsOk());
+  EXPECT_EQ((*res)[0].shared_prefix_tokens,
+            CommonLength(anon.prompt, donor.prompt));
+  ExpectSameGeneration((*res)[0], Alone(model.get(), anon), 0);
+  // Disabled: everything is computed, with the same result.
+  GeneratorOptions off;
+  off.share_prefixes = false;
+  Generator plain(model.get(), off);
+  ASSERT_THAT(plain.Generate({&donor, 1}).status(), IsOk());
+  auto p = plain.Generate({&anon, 1});
+  ASSERT_THAT(p.status(), IsOk());
+  EXPECT_EQ((*p)[0].shared_prefix_tokens, 0);
+  EXPECT_EQ((*p)[0].prefill_tokens, static_cast<int64_t>(anon.prompt.size()));
+  EXPECT_EQ((*p)[0].tokens, (*res)[0].tokens);
+}
+
+TEST(Generator, OneCallPrefillsASharedPrefixOnce) {
+  auto model = SmallModel(2);
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 7; ++i) {
+    reqs.push_back(
+        SharedRequest(absl::StrCat(std::string(1, 'a' + i), " user message ",
+                                   std::string(5 + 9 * i, 'x')),
+                      200 + i));
+    reqs.back().session_id = absl::StrCat("ep", i);
+  }
+  reqs[2].sampling.temperature = 0;
+  reqs[4].return_routing = true;
+  reqs.push_back(reqs[1]);  // the same prompt twice
+  reqs.back().session_id = "twin";
+  reqs.back().sampling.seed = 7;
+  reqs.push_back(Request("unrelated prompt", 300));  // no session, no share
+  GeneratorOptions opts;
+  opts.max_batch = 4;
+  opts.prefill_chunk = 16;  // the leader needs several forwards
+  opts.prefill_budget = 40;
+  Generator gen(model.get(), opts);
+  auto all = gen.Generate(reqs);
+  ASSERT_THAT(all.status(), IsOk());
+  const int64_t system = 1 + SystemText().size();
+  int64_t prefilled = 0, total = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const GenerationResult& got = (*all)[i];
+    ExpectSameGeneration(got, Alone(model.get(), reqs[i]), i);
+    prefilled += got.prefill_tokens;
+    total += reqs[i].prompt.size();
+    EXPECT_EQ(got.prefill_tokens + got.shared_prefix_tokens,
+              static_cast<int64_t>(reqs[i].prompt.size()))
+        << i;
+  }
+  EXPECT_EQ((*all)[0].shared_prefix_tokens, 0);
+  for (int i = 1; i < 7; ++i) {
+    EXPECT_EQ((*all)[i].shared_prefix_tokens, system) << i;
+  }
+  // The twin shares all but the last prompt token (its logits).
+  EXPECT_EQ((*all)[7].shared_prefix_tokens,
+            static_cast<int64_t>(reqs[7].prompt.size()) - 1);
+  EXPECT_EQ((*all)[8].shared_prefix_tokens, 0);
+  EXPECT_EQ(prefilled, total - 6 * system - (reqs[7].prompt.size() - 1));
+  // Next turns keep their own caches (no copy needed).
+  for (size_t i = 0; i < 7; ++i) {
+    reqs[i].prompt.insert(reqs[i].prompt.end(), (*all)[i].tokens.begin(),
+                          (*all)[i].tokens.end());
+    reqs[i].prompt.push_back('!');
+  }
+  reqs.resize(7);
+  auto next = gen.Generate(reqs);
+  ASSERT_THAT(next.status(), IsOk());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_EQ((*next)[i].shared_prefix_tokens, 0) << i;
+    EXPECT_EQ((*next)[i].prefill_tokens, 2) << i;
+    ExpectSameGeneration((*next)[i], Alone(model.get(), reqs[i]), i);
+  }
+}
+
+TEST(Generator, EvictingTheDonorLeavesCopiesIntact) {
+  auto model = SmallModel();
+  GeneratorOptions opts;
+  opts.max_cached_sessions = 1;  // each call evicts the previous session
+  Generator gen(model.get(), opts);
+  GenerationRequest a = SharedRequest("first episode", 1);
+  a.session_id = "a";
+  ASSERT_THAT(gen.Generate({&a, 1}).status(), IsOk());
+  GenerationRequest b = SharedRequest("second episode", 2);
+  b.session_id = "b";
+  auto rb = gen.Generate({&b, 1});  // copies from a, then a is evicted
+  ASSERT_THAT(rb.status(), IsOk());
+  EXPECT_GT((*rb)[0].shared_prefix_tokens, 0);
+  EXPECT_EQ(gen.cached_sessions(), 1);
+  // b's next turn runs on its copy.
+  b.prompt.insert(b.prompt.end(), (*rb)[0].tokens.begin(),
+                  (*rb)[0].tokens.end());
+  b.prompt.push_back('?');
+  b.sampling.seed = 3;
+  auto rb2 = gen.Generate({&b, 1});
+  ASSERT_THAT(rb2.status(), IsOk());
+  EXPECT_EQ((*rb2)[0].prefill_tokens, 2);
+  ExpectSameGeneration((*rb2)[0], Alone(model.get(), b), 0);
+  // Dropped explicitly, b no longer donates; a new session computes all.
+  gen.DropSession("b");
+  GenerationRequest c = SharedRequest("third episode", 4);
+  c.session_id = "c";
+  auto rc = gen.Generate({&c, 1});
+  ASSERT_THAT(rc.status(), IsOk());
+  EXPECT_EQ((*rc)[0].shared_prefix_tokens, 0);
+  EXPECT_EQ((*rc)[0].prefill_tokens, static_cast<int64_t>(c.prompt.size()));
+  // Within one call a leader evicted at its end still served its followers.
+  GenerationRequest d = SharedRequest("fourth episode", 5),
+                    e = SharedRequest("fifth episode", 6);
+  d.session_id = "d";
+  e.session_id = "e";
+  std::vector<GenerationRequest> de = {d, e};
+  GeneratorOptions none = opts;
+  none.max_cache_bytes = 0;  // nothing stays cached
+  Generator tight(model.get(), none);
+  auto rde = tight.Generate(de);
+  ASSERT_THAT(rde.status(), IsOk());
+  EXPECT_EQ(tight.cached_sessions(), 0);
+  EXPECT_GT((*rde)[1].shared_prefix_tokens, 0);
+  ExpectSameGeneration((*rde)[0], Alone(model.get(), d), 0);
+  ExpectSameGeneration((*rde)[1], Alone(model.get(), e), 1);
+}
+
+TEST(Generator, WalResumeWithASharedPrefixIsBitwiseIdentical) {
+  auto model = SmallModel();
+  const std::string wal = TempPath("shared.wal");
+  std::remove(wal.c_str());
+  GenerationRequest donor = SharedRequest("donor question", 1);
+  donor.session_id = "donor";
+  GenerationRequest req = SharedRequest("resumed question", 77, 40);
+  req.sampling.stop_at_tool_calls_close = false;
+  req.session_id = "resumed";
+  req.wal_path = wal;
+  req.return_routing = true;
+  const GenerationResult want = Alone(model.get(), req);
+  ASSERT_GE(want.tokens.size(), 12u);
+  {
+    Generator gen(model.get());
+    ASSERT_THAT(gen.Generate({&donor, 1}).status(), IsOk());
+    auto full = gen.Generate({&req, 1});
+    ASSERT_THAT(full.status(), IsOk());
+    EXPECT_GT((*full)[0].shared_prefix_tokens, 0);
+    ExpectSameGeneration((*full)[0], want, -1);
+  }
+  const std::string log = ReadFile(wal);
+  ASSERT_EQ(log.size(), kWalHeader + want.tokens.size() * kWalRecord);
+  for (size_t records :
+       {size_t{0}, size_t{5}, want.tokens.size() - 1, want.tokens.size()}) {
+    WriteFile(wal, log.substr(0, kWalHeader + records * kWalRecord));
+    Generator gen(model.get());
+    ASSERT_THAT(gen.Generate({&donor, 1}).status(), IsOk());
+    auto res = gen.Generate({&req, 1});
+    ASSERT_THAT(res.status(), IsOk());
+    const GenerationResult& r = (*res)[0];
+    EXPECT_EQ(r.resumed_tokens, static_cast<int64_t>(records));
+    EXPECT_EQ(r.shared_prefix_tokens, CommonLength(req.prompt, donor.prompt));
+    ExpectSameGeneration(r, want, records);
+    EXPECT_EQ(ReadFile(wal), log) << records;
+  }
+  std::remove(wal.c_str());
+}
+
+// Not a check: prints prefill tokens and time for 64 new sessions that
+// share a 4,500-token system prompt (+ 300 tokens each, 32 new tokens), with
+// and without prefix sharing, on the worker's TinyConfig with 2 threads.
+// Run with --gtest_also_run_disabled_tests --gtest_filter='*SharedPrefix*'.
+TEST(Generator, DISABLED_SharedPrefixThroughput) {
+  ModelRunOptions run;
+  run.threads = 2;
+  auto model = Model::Random(TinyConfig(), 1, run);
+  ASSERT_THAT(model.status(), IsOk());
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> byte(0, 255);
+  std::vector<int32_t> system(4500);
+  for (int32_t& t : system) t = byte(rng);
+  system[0] = Tokenizer().bos();
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 64; ++i) {
+    GenerationRequest r;
+    r.prompt = system;
+    for (int j = 0; j < 300; ++j) r.prompt.push_back(byte(rng));
+    r.session_id = absl::StrCat("ep", i);
+    r.sampling.max_new_tokens = 32;
+    r.sampling.stop_at_tool_calls_close = false;
+    r.sampling.seed = i;
+    reqs.push_back(std::move(r));
+  }
+  std::vector<int32_t> first;
+  for (bool share : {false, true}) {
+    GeneratorOptions opts;
+    opts.share_prefixes = share;
+    Generator gen(model->get(), opts);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto res = gen.Generate(reqs);
+    ASSERT_THAT(res.status(), IsOk());
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
+    int64_t prefill = 0, shared = 0, generated = 0;
+    for (const GenerationResult& r : *res) {
+      prefill += r.prefill_tokens;
+      shared += r.shared_prefix_tokens;
+      generated += r.tokens.size();
+    }
+    if (first.empty()) first = (*res)[63].tokens;
+    EXPECT_EQ((*res)[63].tokens, first);
+    std::printf(
+        "share_prefixes=%d: %lld prefilled, %lld shared, %lld generated, "
+        "%.2f s\n",
+        share, static_cast<long long>(prefill), static_cast<long long>(shared),
+        static_cast<long long>(generated), s);
+  }
+}
+
 // Not a check: prints throughput of the worker's TinyConfig. Run with
 // --gtest_also_run_disabled_tests --gtest_filter='*Throughput*'.
 TEST(Generator, DISABLED_Throughput) {
@@ -779,6 +1106,7 @@ TEST(Generator, DISABLED_Throughput) {
       GenerationRequest r;
       r.prompt.assign(3000, 'a' + i % 26);
       r.prompt[0] = Tokenizer().bos();
+      r.prompt[1] = i;  // no two alike: nothing to share
       r.session_id = absl::StrCat("s", i);
       r.sampling.max_new_tokens = 1;
       reqs.push_back(r);
