@@ -38,6 +38,7 @@ for name, s in (("scripted, 64 in flight", a), ("scripted, 4 in flight", b), ("m
         name, s["episodes"], s["reward_mean"], s["pass_at_1"], s["pass_at_4"],
         s["actions_per_s"], s["tokens_per_s"], 100 * s["policy_share"], s["wall_s"]))
 print()
+print("moe prompt tokens: %d, prefilled %d, copied from a shared prefix %d" % (m["prompt_tokens"], m["prefill_tokens"], m["shared_prefix_tokens"]))
 print("concurrency speedup (64 vs 4 in flight, actions/s): %.2fx" % (a["actions_per_s"] / b["actions_per_s"]))
 EOF
   ' "$BUILD_DIR/bin" "$DATA_DIR"

@@ -62,6 +62,7 @@ absl::StatusOr<std::vector<PolicyTurn>> MoePolicy::Act(
     turn.content = std::move(reply.content);
     turn.tool_calls = std::move(reply.tool_calls);
     turn.prefill_tokens = g.prefill_tokens;
+    turn.shared_prefix_tokens = g.shared_prefix_tokens;
     turn.generated_tokens = static_cast<int64_t>(g.tokens.size());
     turn.resumed_tokens = g.resumed_tokens;
     turn.routing = std::move(g.routing);

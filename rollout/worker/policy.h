@@ -48,9 +48,12 @@ struct PolicyTurn {
   // and optionally one DSML tool-call block.
   std::string reasoning;
   std::string content;
-  std::string tool_calls;        // DSML block text, "" for none
-  int64_t prompt_tokens = 0;     // tokens in the prompt of this turn
-  int64_t prefill_tokens = 0;    // of those, computed (not cached)
+  std::string tool_calls;      // DSML block text, "" for none
+  int64_t prompt_tokens = 0;   // tokens in the prompt of this turn
+  int64_t prefill_tokens = 0;  // of those, computed
+  // Of the prompt, K/V copied from another episode's cached prefix (the
+  // shared system prompt); the rest came from this episode's own cache.
+  int64_t shared_prefix_tokens = 0;
   int64_t generated_tokens = 0;  // tokens sampled (0 for scripted)
   int64_t resumed_tokens = 0;    // recovered from the write-ahead log
   // Per generated token and layer: chosen experts and weights (MoE only).

@@ -82,6 +82,7 @@ struct Episode {
   int64_t format_errors = 0;
   int64_t prompt_tokens = 0;
   int64_t prefill_tokens = 0;
+  int64_t shared_prefix_tokens = 0;
   int64_t generated_tokens = 0;
   int64_t replayed_steps = 0;
   double sandbox_s = 0;
@@ -353,6 +354,7 @@ void Runner::ApplyTurn(Episode& ep, PolicyTurn turn) {
   const absl::Time start = absl::Now();
   ep.prompt_tokens += turn.prompt_tokens;
   ep.prefill_tokens += turn.prefill_tokens;
+  ep.shared_prefix_tokens += turn.shared_prefix_tokens;
   ep.generated_tokens += turn.generated_tokens;
   nlohmann::json record = {{"step", ep.step},
                            {"reasoning", turn.reasoning},
@@ -444,6 +446,7 @@ absl::Status Runner::Record(Episode& ep) {
       {"format_errors", ep.format_errors},
       {"prompt_tokens", ep.prompt_tokens},
       {"prefill_tokens", ep.prefill_tokens},
+      {"shared_prefix_tokens", ep.shared_prefix_tokens},
       {"generated_tokens", ep.generated_tokens},
       {"replayed_steps", ep.replayed_steps},
       {"rebuilds", ep.trajectory ? ep.trajectory->rebuilds() : 0},
@@ -594,6 +597,7 @@ RolloutSummary Runner::Summarize(absl::Span<const tasks::Task> tasks,
     s.format_errors += r.value("format_errors", int64_t{0});
     s.prompt_tokens += r.value("prompt_tokens", int64_t{0});
     s.prefill_tokens += r.value("prefill_tokens", int64_t{0});
+    s.shared_prefix_tokens += r.value("shared_prefix_tokens", int64_t{0});
     s.generated_tokens += r.value("generated_tokens", int64_t{0});
     const int64_t replayed = r.value("replayed_steps", int64_t{0});
     s.replayed_steps += replayed;
@@ -700,6 +704,7 @@ nlohmann::json RolloutSummary::ToJson() const {
           {"format_errors", format_errors},
           {"prompt_tokens", prompt_tokens},
           {"prefill_tokens", prefill_tokens},
+          {"shared_prefix_tokens", shared_prefix_tokens},
           {"generated_tokens", generated_tokens},
           {"replayed_steps", replayed_steps},
           {"resumed_episodes", resumed_episodes},
@@ -731,9 +736,11 @@ std::string RolloutSummary::ToText() const {
   if (generated_tokens > 0 || prompt_tokens > 0) {
     absl::StrAppendFormat(
         &out,
-        "tokens: %d generated (%.0f tokens/s in the policy), %d prompt, %d "
-        "prefilled (the rest reused from the KV cache)\n",
-        generated_tokens, tokens_per_s(), prompt_tokens, prefill_tokens);
+        "tokens: %d generated (%.0f tokens/s in the policy); of %d prompt "
+        "tokens %d prefilled, %d copied from a shared prefix, the rest "
+        "reused from the episode's KV cache\n",
+        generated_tokens, tokens_per_s(), prompt_tokens, prefill_tokens,
+        shared_prefix_tokens);
   }
   absl::StrAppendFormat(&out,
                         "time: %.2fs wall; policy %.2fs (%.0f%%), sandbox "

@@ -89,6 +89,7 @@ struct RolloutSummary {
   int64_t format_errors = 0;
   int64_t prompt_tokens = 0;
   int64_t prefill_tokens = 0;
+  int64_t shared_prefix_tokens = 0;
   int64_t generated_tokens = 0;
   int64_t replayed_steps = 0;  // fast-forwarded from trajectory logs
   int64_t resumed_episodes = 0;

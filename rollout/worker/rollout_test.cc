@@ -268,6 +268,9 @@ TEST_F(RolloutTest, MoePolicyRunsTheWholePathWithRoutingMetadata) {
   EXPECT_GT(s.generated_tokens, 0);
   EXPECT_GT(s.prompt_tokens, 0);
   EXPECT_GT(s.policy_s, 0);
+  // Both episodes start with the same system prompt: it is computed once.
+  EXPECT_GT(s.shared_prefix_tokens, 1000);
+  EXPECT_LT(s.prefill_tokens, s.prompt_tokens - s.shared_prefix_tokens + 1);
   for (const nlohmann::json& r : ReadRecords(o.out_dir + "/episodes.jsonl")) {
     ASSERT_FALSE(r["turns"].empty());
     const nlohmann::json& t = r["turns"][0];
