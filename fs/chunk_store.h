@@ -12,9 +12,10 @@
 // CRAQ semantics for the chain layer:
 //   - Write/Truncate stage a new *pending* version, copy-on-write: the new
 //     content goes to a new file (base = pending content if one is staged,
-//     else the committed content), fsynced (file and directory) before the
-//     pending record is written (RocksDB, sync). The committed file is never
-//     modified, so a crash cannot leave committed data half-overwritten.
+//     else the committed content), fdatasynced (and its name made durable,
+//     see Durability) before the pending record is written. The committed
+//     file is never modified, so a crash cannot leave committed data
+//     half-overwritten.
 //     Versions must increase: a version <= max(committed, pending) is refused
 //     with FAILED_PRECONDITION "stale version".
 //   - Commit(v) makes pending version v the committed one with a single
@@ -34,6 +35,26 @@
 // Recovery (Open): chunk files no record references (crashed writes, replaced
 // versions) are removed; a pending record whose file is missing is dropped; a
 // committed record whose file is missing is marked corrupt.
+//
+// Durability (options.sync), per staged version: one fdatasync of the new
+// file and one synced RocksDB write, the commit's. Why that is enough:
+//   - Only Commit (and ApplyReplica, Remove, recovery fixes) must be durable
+//     when it returns: the chain acknowledges upstream only after it. The
+//     pending record is written without sync; the next synced write carries
+//     it (RocksDB's WAL is sequential), and a commit record holds the whole
+//     record anyway. If a crash loses a pending record, its file is an orphan
+//     that Open removes, and the chain sees an abandoned pending version:
+//     the next write's base differs and the sender re-sends REPLACE (see
+//     chunk_server.h), exactly as after a failed forward. Nothing acknowledged
+//     depended on it.
+//   - Data before the commit record: the file is fdatasynced while staging,
+//     before any Commit of its version can be written.
+//   - The file's name before the commit record: fsync of its shard directory
+//     after the create, except where Open found that the file's own
+//     fdatasync already covers the create (ext4 with a journal, XFS, btrfs:
+//     the create is logged in the same or an earlier transaction than the
+//     file's size/extents, and the log commits in order). Renames
+//     (WriteWholeFile's temporary file) always fsync the directory.
 //
 // Thread-safe. Updates to one chunk are serialized (lock striping); different
 // chunks proceed in parallel. Reads take no chunk lock.
@@ -190,7 +211,9 @@ class ChunkStore {
   absl::Mutex& StripeFor(const ChunkId& id) const;
   std::string FilePath(const ChunkId& id, uint64_t version) const;
   absl::StatusOr<std::optional<Record>> LoadRecord(const ChunkId& id) const;
-  absl::Status StoreRecord(const Record& record);
+  // `durable`: synced (when options_.sync) before returning; otherwise made
+  // durable by the next synced write (RocksDB's WAL is sequential).
+  absl::Status StoreRecord(const Record& record, bool durable = true);
   absl::Status CheckRange(const ChunkId& id, uint64_t offset,
                           uint64_t length) const;
   absl::Status CheckVersion(const Record& record, uint64_t new_version) const;
@@ -217,6 +240,8 @@ class ChunkStore {
   const ChunkStoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;
   ChunkRecoveryStats recovery_;
+  // See "Durability" in the header comment.
+  bool file_sync_covers_create_ = false;
   mutable std::array<absl::Mutex, kStripes> stripes_;
 };
 

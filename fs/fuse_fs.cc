@@ -102,9 +102,14 @@ struct FileHandle {
   uint64_t ra_off ABSL_GUARDED_BY(mu) = 0;
   std::string ra ABSL_GUARDED_BY(mu);
   uint64_t last_end ABSL_GUARDED_BY(mu) = kNoOffset;
-  // The next window, being fetched.
-  uint64_t prefetch_off ABSL_GUARDED_BY(mu) = kNoOffset;
-  std::future<absl::StatusOr<std::string>> prefetch ABSL_GUARDED_BY(mu);
+  // The next windows, being fetched, in file order and contiguous after
+  // the current one (at most options.readahead_windows).
+  struct Prefetch {
+    uint64_t off = 0;
+    uint64_t len = 0;
+    std::future<absl::StatusOr<std::string>> data;
+  };
+  std::deque<Prefetch> prefetch ABSL_GUARDED_BY(mu);
 };
 
 // The FUSE connection number (the mount's minor device) of `mountpoint`,
@@ -475,7 +480,7 @@ absl::Status FuseMount::Impl::WaitInflight(FileHandle& h, size_t keep) {
 }
 
 absl::Status FuseMount::Impl::FlushAsync(FileHandle& h) {
-  constexpr size_t kMaxInflight = 2;
+  constexpr size_t kMaxInflight = 4;
   if (h.buf.empty()) return h.write_error;
   RETURN_IF_ERROR(WaitInflight(h, kMaxInflight - 1));
   FileHandle::Inflight job;
@@ -514,15 +519,22 @@ absl::Status FuseMount::Impl::FlushAndCommit(FileHandle& h) {
 
 void FuseMount::Impl::StartPrefetch(FileHandle& h, uint64_t off,
                                     uint64_t file_size) {
-  if (off >= file_size || h.prefetch_off != kNoOffset) return;
-  uint64_t len = std::min<uint64_t>(options_.readahead_bytes, file_size - off);
-  h.prefetch_off = off;
+  if (!h.prefetch.empty()) {
+    off = h.prefetch.back().off + h.prefetch.back().len;
+  }
   FsClient* client = client_;
   FileRef ref = h.ref;
-  h.prefetch =
-      std::async(std::launch::async, [client, ref, file_size, off, len] {
-        return client->Read(ref, file_size, off, len);
-      });
+  while (off < file_size &&
+         h.prefetch.size() < static_cast<size_t>(options_.readahead_windows)) {
+    uint64_t len =
+        std::min<uint64_t>(options_.readahead_bytes, file_size - off);
+    h.prefetch.push_back(FileHandle::Prefetch{
+        off, len,
+        std::async(std::launch::async, [client, ref, file_size, off, len] {
+          return client->Read(ref, file_size, off, len);
+        })});
+    off += len;
+  }
 }
 
 // ---- operations ----
@@ -822,14 +834,23 @@ void FuseMount::Impl::Read(fuse_req_t req, fuse_ino_t ino, size_t size,
     return !h.ra.empty() && off >= h.ra_off &&
            off + want <= h.ra_off + h.ra.size();
   };
-  if (!in_window() && h.prefetch_off != kNoOffset) {
-    // Adopt the prefetched window (waiting for it) if the read falls in it;
-    // otherwise it is stale and dropped.
-    absl::StatusOr<std::string> next = h.prefetch.get();
-    uint64_t next_off = h.prefetch_off;
-    h.prefetch_off = kNoOffset;
-    if (next.ok() && off >= next_off && off + want <= next_off + next->size()) {
-      h.ra = std::move(*next);
+  while (!in_window() && !h.prefetch.empty()) {
+    // Adopt the first prefetched window the read falls in (waiting for it);
+    // windows before it are passed over, and all of them are stale if the
+    // read is elsewhere.
+    FileHandle::Prefetch& next = h.prefetch.front();
+    if (off < next.off || off >= h.prefetch.back().off + h.prefetch.back().len) {
+      while (!h.prefetch.empty()) {
+        (void)h.prefetch.front().data.get();
+        h.prefetch.pop_front();
+      }
+      break;
+    }
+    absl::StatusOr<std::string> data = next.data.get();
+    uint64_t next_off = next.off;
+    h.prefetch.pop_front();
+    if (data.ok() && off >= next_off && off + want <= next_off + data->size()) {
+      h.ra = std::move(*data);
       h.ra_off = next_off;
     }
   }
@@ -933,7 +954,7 @@ void FuseMount::Impl::Release(fuse_req_t req, fuse_ino_t ino,
       absl::Status closed = self->client_->Close(ino, size);
       if (status.ok()) status = closed;
     }
-    if (h->prefetch_off != kNoOffset) (void)h->prefetch.get();
+    for (FileHandle::Prefetch& p : h->prefetch) (void)p.data.get();
   }
   if (h->writable) self->DropLocalSize(ino);
   fuse_reply_err(req, ErrnoOf(status));
@@ -1166,9 +1187,11 @@ absl::StatusOr<std::unique_ptr<FuseMount>> FuseMount::Mount(
     return absl::InvalidArgumentError(
         "FuseMount needs a client and a mountpoint");
   }
-  if (options.max_threads < 1 || options.max_io_bytes < 4096) {
+  if (options.max_threads < 1 || options.max_io_bytes < 4096 ||
+      options.readahead_windows < 1) {
     return absl::InvalidArgumentError(
-        "max_threads must be >= 1 and max_io_bytes >= 4096");
+        "max_threads and readahead_windows must be >= 1 and max_io_bytes "
+        ">= 4096");
   }
   auto impl = std::make_unique<Impl>(client, options);
   absl::Status status = impl->Mount();

@@ -18,6 +18,8 @@
 ABSL_FLAG(std::string, meta, "127.0.0.1:9400", "dsec-meta host:port");
 ABSL_FLAG(int, attr_timeout_ms, 1000, "kernel attribute/entry cache timeout");
 ABSL_FLAG(int, readahead_mib, 8, "readahead window per sequential reader");
+ABSL_FLAG(int, readahead_windows, 4,
+          "readahead windows kept in flight ahead of a sequential reader");
 ABSL_FLAG(int, write_buffer_mib, 16, "write-back buffer per open file");
 ABSL_FLAG(int, threads, 16, "max FUSE worker threads");
 ABSL_FLAG(bool, read_only, false, "mount read-only");
@@ -49,6 +51,7 @@ int main(int argc, char** argv) {
   options.attr_timeout =
       absl::Milliseconds(absl::GetFlag(FLAGS_attr_timeout_ms));
   options.readahead_bytes = uint64_t(absl::GetFlag(FLAGS_readahead_mib)) << 20;
+  options.readahead_windows = absl::GetFlag(FLAGS_readahead_windows);
   options.write_buffer_bytes = uint64_t(absl::GetFlag(FLAGS_write_buffer_mib))
                                << 20;
   options.max_threads = absl::GetFlag(FLAGS_threads);
