@@ -62,6 +62,7 @@
 #define DSEC_FS_CHUNK_STORE_H_
 
 #include <array>
+#include <atomic>
 #include <compare>
 #include <cstdint>
 #include <functional>
@@ -123,6 +124,11 @@ struct ChunkStoreOptions {
   // fsync data files, directories and metadata. Off only for tests/benches
   // that measure something else.
   bool sync = true;
+  // Write whole-chunk versions with O_DIRECT (falls back to buffered writes
+  // where the file system refuses it): the data skips this server's page
+  // cache, so the copy into it costs no CPU here, and reads of it come from
+  // disk until they cache it.
+  bool direct_io = true;
 };
 
 // What Open's recovery did, for logs and tests.
@@ -242,6 +248,14 @@ class ChunkStore {
   ChunkRecoveryStats recovery_;
   // See "Durability" in the header comment.
   bool file_sync_covers_create_ = false;
+  // Writes `data` (the whole new content) to the existing file `path` with
+  // O_DIRECT; false if that is not possible (the caller writes buffered).
+  bool WriteDirect(const std::string& path, absl::string_view data);
+  std::atomic<bool> direct_io_failed_{false};
+  absl::Mutex direct_mu_;
+  // Aligned max_chunk_size buffers for WriteDirect, reused.
+  std::vector<std::unique_ptr<char, void (*)(void*)>> direct_buffers_
+      ABSL_GUARDED_BY(direct_mu_);
   mutable std::array<absl::Mutex, kStripes> stripes_;
 };
 
