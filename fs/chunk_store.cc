@@ -526,7 +526,8 @@ bool ChunkStore::WriteDirect(const std::string& path, absl::string_view data) {
   const size_t padded = (data.size() + kAlign - 1) / kAlign * kAlign;
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
   if (!fd) {
-    direct_io_failed_.store(true, std::memory_order_relaxed);
+    // EINVAL: no O_DIRECT here (say, an older tmpfs); stop trying.
+    if (errno == EINVAL) direct_io_failed_.store(true, std::memory_order_relaxed);
     return false;
   }
   std::unique_ptr<char, void (*)(void*)> buf(nullptr, &std::free);
