@@ -171,12 +171,15 @@ absl::Status MakeDir(const std::string& path) {
 }
 
 // Whether fdatasync of a file created in `dir` also makes its directory
-// entry durable, so no directory fsync is needed after it. True for journaled
-// file systems that log the create in the same or an earlier transaction than
-// the file's data/size update and commit the log in order: ext4 with a journal
-// (checked through /proc/fs/jbd2), XFS and btrfs (whose fsync logs the new
-// name with the inode). Anything else (ext2, tmpfs, overlay, NFS, ...) gets
-// the POSIX answer: fsync the directory.
+// entry durable, so no directory fsync is needed after it. True for:
+//   - ext4 (the ext4 driver, checked through /proc/fs/ext4/<device>): with a
+//     journal, the create is logged in the same or an earlier transaction
+//     than the file's size/extent update, and jbd2 commits in order; without
+//     one, ext4_fsync_nojournal -> ext4_sync_parent writes the parent of an
+//     inode still flagged EXT4_STATE_NEWENTRY;
+//   - XFS and btrfs, whose fsync logs the new name with the inode.
+// Anything else (ext2's own driver, tmpfs, overlay, NFS, ...) gets the POSIX
+// answer: fsync the directory.
 bool FileSyncCoversCreate(const std::string& dir) {
   struct statfs sfs;
   if (::statfs(dir.c_str(), &sfs) != 0) return false;
@@ -196,8 +199,7 @@ bool FileSyncCoversCreate(const std::string& dir) {
   link[n] = '\0';
   std::string name(link);
   name = name.substr(name.rfind('/') + 1);
-  // jbd2 names its journal "<device>-8" (the journal inode).
-  return FileExists(absl::StrCat("/proc/fs/jbd2/", name, "-8"));
+  return FileExists(absl::StrCat("/proc/fs/ext4/", name));
 }
 
 }  // namespace

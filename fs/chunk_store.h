@@ -51,10 +51,14 @@
 //     before any Commit of its version can be written.
 //   - The file's name before the commit record: fsync of its shard directory
 //     after the create, except where Open found that the file's own
-//     fdatasync already covers the create (ext4 with a journal, XFS, btrfs:
-//     the create is logged in the same or an earlier transaction than the
-//     file's size/extents, and the log commits in order). Renames
-//     (WriteWholeFile's temporary file) always fsync the directory.
+//     fdatasync already covers the create: ext4 (with a journal the create
+//     is logged no later than the file's size/extents and the log commits
+//     in order; without one ext4_sync_parent writes a new inode's parent),
+//     XFS and btrfs (fsync logs the name with the inode). The reasoning per
+//     file system is at FileSyncCoversCreate in chunk_store.cc. Renames
+//     (WriteWholeFile's temporary file) always fsync the directory. Were a
+//     committed version's name lost anyway, Open marks the chunk corrupt
+//     (never serves it) and the chain repairs it from a replica.
 //
 // Thread-safe. Updates to one chunk are serialized (lock striping); different
 // chunks proceed in parallel. Reads take no chunk lock.
