@@ -15,6 +15,11 @@
 //     fsync and release; the file length is committed to the meta server at
 //     flush/fsync/release. stat() of a file being written shows the writer's
 //     length at once. Up to four buffers per open file are in flight.
+// Crash safety: Mount registers the connection's fusectl abort file; if this
+// process dies of SIGSEGV, SIGBUS, SIGILL, SIGFPE or SIGABRT, a handler
+// (installed once, async-signal-safe) aborts every connection this process
+// mounted before passing the signal on, so a thread of it blocked on its own
+// mount cannot keep it from exiting. Stop unregisters it.
 // Errors are the errno the meta/chunk servers attached (fs/fs_error.h).
 // Permission checks are the kernel's (-o default_permissions).
 //
