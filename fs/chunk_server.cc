@@ -404,12 +404,15 @@ struct ChunkServer::Impl {
     return absl::OkStatus();
   }
 
-  // Forwards `f` (already applied or staged here) to our successor, if any;
-  // on a base mismatch re-sends our staged content as REPLACE.
-  absl::Status ForwardDown(const Route& r, v1::ForwardRequest f,
+  // Forwards `*f` (already applied or staged here) to our successor, if any;
+  // on a base mismatch re-sends our staged content as REPLACE. Modifies *f
+  // in place (from_node; op, data and so on for a REPLACE; version kept)
+  // rather than copy the chunk data.
+  absl::Status ForwardDown(const Route& r, v1::ForwardRequest* f_ptr,
                            const ChunkId& id) {
     std::optional<std::string> succ = SuccessorOf(*r.chain, options.node_id);
     if (!succ) return absl::OkStatus();
+    v1::ForwardRequest& f = *f_ptr;
     f.set_from_node(options.node_id);
     v1::ForwardResponse resp;
     RETURN_IF_ERROR(SendForward(*r.table, *succ, f, &resp));
@@ -482,7 +485,7 @@ struct ChunkServer::Impl {
     }
     RETURN_IF_ERROR(staged);
     *f.mutable_chain() = ref;
-    RETURN_IF_ERROR(ForwardDown(r, f, id));
+    RETURN_IF_ERROR(ForwardDown(r, &f, id));
     RETURN_IF_ERROR(store->Commit(id, f.version()));
     ASSIGN_OR_RETURN(ChunkMeta after, store->GetMeta(id));
     resp->set_version(after.committed_version);
@@ -500,16 +503,18 @@ struct ChunkServer::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status Write(const v1::ChunkWriteRequest& req,
+  // Takes the data out of *req (no copy).
+  absl::Status Write(v1::ChunkWriteRequest* req,
                      v1::ChunkWriteResponse* resp) {
+    const size_t bytes = req->data().size();
     v1::ForwardRequest f;
     f.set_op(v1::FORWARD_OP_WRITE);
-    *f.mutable_chunk() = req.chunk();
-    f.set_offset(req.offset());
-    *f.mutable_data() = req.data();
-    absl::Status s = HeadMutate(req.chain(), std::move(f), resp);
+    *f.mutable_chunk() = req->chunk();
+    f.set_offset(req->offset());
+    f.mutable_data()->swap(*req->mutable_data());
+    absl::Status s = HeadMutate(req->chain(), std::move(f), resp);
     writes->Inc({"write", s.ok() ? "ok" : "error"});
-    if (s.ok()) write_bytes->Inc({}, req.data().size());
+    if (s.ok()) write_bytes->Inc({}, bytes);
     return s;
   }
 
@@ -538,7 +543,7 @@ struct ChunkServer::Impl {
       f.set_op(v1::FORWARD_OP_REMOVE);
       f.mutable_chunk()->set_inode(req.inode());
       f.set_from_index(req.from_index());
-      RETURN_IF_ERROR(ForwardDown(r, f, ChunkId{req.inode(), 0}));
+      RETURN_IF_ERROR(ForwardDown(r, &f, ChunkId{req.inode(), 0}));
       absl::Status removed;
       resp->set_removed(
           RemoveLocal(r.chain->id(), req.inode(), req.from_index(), &removed));
@@ -549,18 +554,20 @@ struct ChunkServer::Impl {
   }
 
   // ---- Forward (receivers) -----------------------------------------------
-  absl::Status Forward(const v1::ForwardRequest& req,
-                       v1::ForwardResponse* resp) {
+  // Forwards *req in place (see ForwardDown).
+  absl::Status Forward(v1::ForwardRequest* req, v1::ForwardResponse* resp) {
+    const ForwardOp received_op = req->op();
     absl::Status s = ForwardImpl(req, resp);
-    forwards_in->Inc({OpName(req.op()), !s.ok() ? "error"
+    forwards_in->Inc({OpName(received_op), !s.ok() ? "error"
                                         : resp->base_mismatch()
                                             ? "base_mismatch"
                                             : "ok"});
     return s;
   }
 
-  absl::Status ForwardImpl(const v1::ForwardRequest& req,
+  absl::Status ForwardImpl(v1::ForwardRequest* req_ptr,
                            v1::ForwardResponse* resp) {
+    const v1::ForwardRequest& req = *req_ptr;
     const ChunkId id = IdOf(req.chunk());
     const ForwardOp op = req.op();
     if (op != v1::FORWARD_OP_WRITE && op != v1::FORWARD_OP_TRUNCATE &&
@@ -594,7 +601,7 @@ struct ChunkServer::Impl {
     if (op == v1::FORWARD_OP_REMOVE) {
       KeyedLocks<std::pair<uint32_t, uint64_t>>::Guard inode_guard(
           &inode_locks, {r.chain->id(), id.inode}, true);
-      RETURN_IF_ERROR(ForwardDown(r, req, id));
+      RETURN_IF_ERROR(ForwardDown(r, req_ptr, id));
       absl::Status removed;
       RemoveLocal(r.chain->id(), id.inode, req.from_index(), &removed);
       return removed;
@@ -617,7 +624,7 @@ struct ChunkServer::Impl {
       return absl::OkStatus();
     }
     RETURN_IF_ERROR(staged);
-    RETURN_IF_ERROR(ForwardDown(r, req, id));
+    RETURN_IF_ERROR(ForwardDown(r, req_ptr, id));
     return store->Commit(id, req.version());
   }
 
@@ -1123,7 +1130,10 @@ class ChunkServer::Impl::Service final : public v1::FsChunkService::Service {
 
   grpc::Status Write(grpc::ServerContext* ctx, const v1::ChunkWriteRequest* req,
                      v1::ChunkWriteResponse* resp) override {
-    return ToGrpcFsStatus(ctx, impl_->Write(*req, resp));
+    // The sync server's request is this call's alone (destroyed after it):
+    // the chunk data is moved out of it rather than copied.
+    return ToGrpcFsStatus(
+        ctx, impl_->Write(const_cast<v1::ChunkWriteRequest*>(req), resp));
   }
   grpc::Status Truncate(grpc::ServerContext* ctx,
                         const v1::ChunkTruncateRequest* req,
@@ -1146,7 +1156,9 @@ class ChunkServer::Impl::Service final : public v1::FsChunkService::Service {
   }
   grpc::Status Forward(grpc::ServerContext* ctx, const v1::ForwardRequest* req,
                        v1::ForwardResponse* resp) override {
-    return ToGrpcFsStatus(ctx, impl_->Forward(*req, resp));
+    // As in Write: forwarded in place.
+    return ToGrpcFsStatus(
+        ctx, impl_->Forward(const_cast<v1::ForwardRequest*>(req), resp));
   }
   grpc::Status ListChunks(grpc::ServerContext* ctx,
                           const v1::ListChunksRequest* req,

@@ -12,9 +12,10 @@
 // CRAQ semantics for the chain layer:
 //   - Write/Truncate stage a new *pending* version, copy-on-write: the new
 //     content goes to a new file (base = pending content if one is staged,
-//     else the committed content), fsynced (file and directory) before the
-//     pending record is written (RocksDB, sync). The committed file is never
-//     modified, so a crash cannot leave committed data half-overwritten.
+//     else the committed content), fdatasynced (and its name made durable,
+//     see Durability) before the pending record is written. The committed
+//     file is never modified, so a crash cannot leave committed data
+//     half-overwritten.
 //     Versions must increase: a version <= max(committed, pending) is refused
 //     with FAILED_PRECONDITION "stale version".
 //   - Commit(v) makes pending version v the committed one with a single
@@ -35,12 +36,37 @@
 // versions) are removed; a pending record whose file is missing is dropped; a
 // committed record whose file is missing is marked corrupt.
 //
+// Durability (options.sync), per staged version: one fdatasync of the new
+// file and one synced RocksDB write, the commit's. Why that is enough:
+//   - Only Commit (and ApplyReplica, Remove, recovery fixes) must be durable
+//     when it returns: the chain acknowledges upstream only after it. The
+//     pending record is written without sync; the next synced write carries
+//     it (RocksDB's WAL is sequential), and a commit record holds the whole
+//     record anyway. If a crash loses a pending record, its file is an orphan
+//     that Open removes, and the chain sees an abandoned pending version:
+//     the next write's base differs and the sender re-sends REPLACE (see
+//     chunk_server.h), exactly as after a failed forward. Nothing acknowledged
+//     depended on it.
+//   - Data before the commit record: the file is fdatasynced while staging,
+//     before any Commit of its version can be written.
+//   - The file's name before the commit record: fsync of its shard directory
+//     after the create, except where Open found that the file's own
+//     fdatasync already covers the create: ext4 (with a journal the create
+//     is logged no later than the file's size/extents and the log commits
+//     in order; without one ext4_sync_parent writes a new inode's parent),
+//     XFS and btrfs (fsync logs the name with the inode). The reasoning per
+//     file system is at FileSyncCoversCreate in chunk_store.cc. Renames
+//     (WriteWholeFile's temporary file) always fsync the directory. Were a
+//     committed version's name lost anyway, Open marks the chunk corrupt
+//     (never serves it) and the chain repairs it from a replica.
+//
 // Thread-safe. Updates to one chunk are serialized (lock striping); different
 // chunks proceed in parallel. Reads take no chunk lock.
 #ifndef DSEC_FS_CHUNK_STORE_H_
 #define DSEC_FS_CHUNK_STORE_H_
 
 #include <array>
+#include <atomic>
 #include <compare>
 #include <cstdint>
 #include <functional>
@@ -102,6 +128,11 @@ struct ChunkStoreOptions {
   // fsync data files, directories and metadata. Off only for tests/benches
   // that measure something else.
   bool sync = true;
+  // Write whole-chunk versions with O_DIRECT (falls back to buffered writes
+  // where the file system refuses it): the data skips this server's page
+  // cache, so the copy into it costs no CPU here, and reads of it come from
+  // disk until they cache it.
+  bool direct_io = true;
 };
 
 // What Open's recovery did, for logs and tests.
@@ -190,7 +221,9 @@ class ChunkStore {
   absl::Mutex& StripeFor(const ChunkId& id) const;
   std::string FilePath(const ChunkId& id, uint64_t version) const;
   absl::StatusOr<std::optional<Record>> LoadRecord(const ChunkId& id) const;
-  absl::Status StoreRecord(const Record& record);
+  // `durable`: synced (when options_.sync) before returning; otherwise made
+  // durable by the next synced write (RocksDB's WAL is sequential).
+  absl::Status StoreRecord(const Record& record, bool durable = true);
   absl::Status CheckRange(const ChunkId& id, uint64_t offset,
                           uint64_t length) const;
   absl::Status CheckVersion(const Record& record, uint64_t new_version) const;
@@ -217,6 +250,16 @@ class ChunkStore {
   const ChunkStoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;
   ChunkRecoveryStats recovery_;
+  // See "Durability" in the header comment.
+  bool file_sync_covers_create_ = false;
+  // Writes `data` (the whole new content) to the existing file `path` with
+  // O_DIRECT; false if that is not possible (the caller writes buffered).
+  bool WriteDirect(const std::string& path, absl::string_view data);
+  std::atomic<bool> direct_io_failed_{false};
+  absl::Mutex direct_mu_;
+  // Aligned max_chunk_size buffers for WriteDirect, reused.
+  std::vector<std::unique_ptr<char, void (*)(void*)>> direct_buffers_
+      ABSL_GUARDED_BY(direct_mu_);
   mutable std::array<absl::Mutex, kStripes> stripes_;
 };
 

@@ -3,12 +3,20 @@
 // clean unmount on SIGTERM. One cluster (meta + 3 chunk servers, replication
 // 3, 1 MiB chunks) and one mount serve the whole suite; each test works in
 // its own directory.
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -18,11 +26,17 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_util.h"
 #include "fs/fs_error.h"
+#include "fs/fuse_fs.h"
 #include "fs/testing/fs_cluster.h"
 #include "gtest/gtest.h"
 
@@ -445,6 +459,112 @@ TEST_F(FsMountTest, ZzCleanUnmountOnSigterm) {
             "from mount 1");
   ASSERT_OK(cluster_->Unmount(second));
   EXPECT_FALSE(fs::testing::IsFuseMounted(second));
+}
+
+// A process that serves its own mount in-process and crashes while one of
+// its threads waits on that mount must still exit (the crash handler aborts
+// the FUSE connection); without it the process hangs forever, unkillable.
+constexpr char kCrashChildEnv[] = "DSEC_FS_CRASH_CHILD_MNT";
+
+// The child: mounts at $DSEC_FS_CRASH_CHILD_MNT over a "meta server" that
+// accepts connections and never answers, so a lookup on the mount blocks in
+// the FUSE loop; then aborts.
+TEST(FuseMountCrash, ChildBody) {
+  const char* mnt = getenv(kCrashChildEnv);
+  if (mnt == nullptr) GTEST_SKIP() << "run by CrashWithThreadOnOwnMountExits";
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(lfd, 16), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<FsClient> client,
+      FsClient::Create({.meta_address =
+                            absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)),
+                        .rpc_timeout = absl::Seconds(300),
+                        .retry_budget = absl::Seconds(300)}));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FuseMount> mount,
+                       FuseMount::Mount(client.get(), {.mountpoint = mnt}));
+  ASSERT_OK(mount->Start());
+  std::string file = absl::StrCat(mnt, "/f");
+  std::thread([file] {
+    int fd = open(file.c_str(), O_RDONLY);
+    if (fd >= 0) close(fd);
+  }).detach();
+  absl::SleepFor(absl::Seconds(1));  // the LOOKUP is now in the loop
+  rlimit no_core = {0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  abort();
+}
+
+std::optional<unsigned> FuseConnectionOf(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  std::optional<unsigned> found;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    if (f.size() < 5 || f[4] != mountpoint) continue;
+    std::vector<std::string> dev = absl::StrSplit(f[2], ':');
+    unsigned minor = 0;
+    if (dev.size() == 2 && absl::SimpleAtoi(dev[1], &minor)) found = minor;
+  }
+  return found;
+}
+
+TEST(FuseMountCrash, CrashWithThreadOnOwnMountExits) {
+  DSEC_REQUIRE_HOST_FEATURE(geteuid() == 0 && access("/dev/fuse", F_OK) == 0,
+                            "root and /dev/fuse");
+  char tmpl[] = "/tmp/dsec-fs-crash-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string mnt = tmpl;
+  // Everything the child needs is built before fork (exec right after).
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  env.push_back(absl::StrCat(kCrashChildEnv, "=", mnt));
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::string self = "/proc/self/exe";
+  std::string filter = "--gtest_filter=FuseMountCrash.ChildBody";
+  char* argv[] = {self.data(), filter.data(), nullptr};
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execve(argv[0], argv, envp.data());
+    _exit(127);
+  }
+  int status = 0;
+  bool exited = false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      exited = true;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  if (!exited) {
+    // Release the hung child the way the fix would have, so the suite ends.
+    if (std::optional<unsigned> conn = FuseConnectionOf(mnt)) {
+      std::ofstream(absl::StrCat("/sys/fs/fuse/connections/", *conn,
+                                 "/abort"))
+          << "1";
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  umount2(mnt.c_str(), MNT_DETACH);
+  EXPECT_FALSE(fs::testing::IsFuseMounted(mnt));
+  rmdir(mnt.c_str());
+  ASSERT_TRUE(exited) << "the crashed child hung on its own mount";
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT)
+      << "child status " << status << " (127: exec failed; exit 1: the "
+      << "child's setup failed)";
 }
 
 }  // namespace

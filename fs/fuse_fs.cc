@@ -11,11 +11,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
 #include <future>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -98,10 +102,133 @@ struct FileHandle {
   uint64_t ra_off ABSL_GUARDED_BY(mu) = 0;
   std::string ra ABSL_GUARDED_BY(mu);
   uint64_t last_end ABSL_GUARDED_BY(mu) = kNoOffset;
-  // The next window, being fetched.
-  uint64_t prefetch_off ABSL_GUARDED_BY(mu) = kNoOffset;
-  std::future<absl::StatusOr<std::string>> prefetch ABSL_GUARDED_BY(mu);
+  // The next windows, being fetched, in file order and contiguous after
+  // the current one (at most options.readahead_windows).
+  struct Prefetch {
+    uint64_t off = 0;
+    uint64_t len = 0;
+    std::future<absl::StatusOr<std::string>> data;
+  };
+  std::deque<Prefetch> prefetch ABSL_GUARDED_BY(mu);
 };
+
+// The FUSE connection number (the mount's minor device) of `mountpoint`,
+// read from /proc/self/mountinfo so the file system itself is not touched.
+std::optional<unsigned> FuseConnection(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  std::optional<unsigned> found;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    if (f.size() < 5 || f[4] != mountpoint) continue;
+    std::vector<std::string> dev = absl::StrSplit(f[2], ':');
+    unsigned minor = 0;
+    if (dev.size() == 2 && absl::SimpleAtoi(dev[1], &minor)) found = minor;
+  }
+  return found;
+}
+
+// fusectl's abort file of connection `conn`, mounting fusectl if needed.
+std::string ConnectionAbortPath(unsigned conn) {
+  const std::string dir = "/sys/fs/fuse/connections";
+  const std::string conn_dir = absl::StrCat(dir, "/", conn);
+  if (access(conn_dir.c_str(), F_OK) != 0) {
+    (void)mount("fusectl", dir.c_str(), "fusectl", 0, nullptr);
+  }
+  return conn_dir + "/abort";
+}
+
+// ---- crash safety of in-process mounts ----
+//
+// A process that serves its own mount and uses it (local mode, tests) must
+// not hang when it crashes: a thread of it blocked in a FUSE request that a
+// (now dead) loop thread had already read waits uninterruptibly for the
+// answer, so the process never finishes exiting and /dev/fuse is never
+// closed. On SIGSEGV/SIGBUS/SIGILL/SIGFPE/SIGABRT the handler below aborts
+// every connection this process registered (fusectl's
+// /sys/fs/fuse/connections/<minor>/abort), which fails those requests, then
+// hands the signal to the previous disposition. The table is fixed-size and
+// filled before the signal; the handler only does getpid/open/write/close/
+// sigaction/raise (async-signal-safe). Slots record the owning pid, so a
+// forked child that crashes (say, between clone and execve) does not abort
+// its parent's mount.
+constexpr int kMaxCrashAborts = 64;
+constexpr std::array<int, 5> kCrashSignals = {SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+                                              SIGABRT};
+struct CrashAbortSlot {
+  // 0 free, 1 being filled or cleared, 2 armed.
+  std::atomic<int> state{0};
+  pid_t pid = 0;
+  char path[PATH_MAX];
+};
+CrashAbortSlot g_crash_slots[kMaxCrashAborts];
+struct sigaction g_prev_crash_actions[kCrashSignals.size()];
+
+void AbortConnectionsOnCrash(int sig, siginfo_t* info, void* ucontext) {
+  const pid_t self = getpid();
+  for (CrashAbortSlot& slot : g_crash_slots) {
+    if (slot.state.load(std::memory_order_acquire) != 2 || slot.pid != self) {
+      continue;
+    }
+    int fd = open(slot.path, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      (void)!write(fd, "1", 1);
+      close(fd);
+    }
+  }
+  for (size_t i = 0; i < kCrashSignals.size(); ++i) {
+    if (kCrashSignals[i] != sig) continue;
+    const struct sigaction& prev = g_prev_crash_actions[i];
+    if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction != nullptr) {
+      // Chain to a handler installed before us, as it would have run.
+      sigaction(sig, &prev, nullptr);
+      prev.sa_sigaction(sig, info, ucontext);
+      return;
+    }
+    sigaction(sig, &prev, nullptr);
+  }
+  // The signal is blocked while we run: re-raised, it is delivered with the
+  // previous disposition as soon as we return (a fault would recur anyway).
+  raise(sig);
+}
+
+void InstallCrashHandlersOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (size_t i = 0; i < kCrashSignals.size(); ++i) {
+      struct sigaction sa;
+      std::memset(&sa, 0, sizeof(sa));
+      sa.sa_sigaction = &AbortConnectionsOnCrash;
+      sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+      sigemptyset(&sa.sa_mask);
+      sigaction(kCrashSignals[i], &sa, &g_prev_crash_actions[i]);
+    }
+  });
+}
+
+// Returns the slot index, or -1 if the table is full or the path too long.
+int RegisterCrashAbort(const std::string& abort_path) {
+  if (abort_path.size() >= PATH_MAX) return -1;
+  InstallCrashHandlersOnce();
+  for (int i = 0; i < kMaxCrashAborts; ++i) {
+    CrashAbortSlot& slot = g_crash_slots[i];
+    int expected = 0;
+    if (!slot.state.compare_exchange_strong(expected, 1)) continue;
+    slot.pid = getpid();
+    std::memcpy(slot.path, abort_path.c_str(), abort_path.size() + 1);
+    slot.state.store(2, std::memory_order_release);
+    return i;
+  }
+  return -1;
+}
+
+void UnregisterCrashAbort(int index) {
+  if (index < 0) return;
+  CrashAbortSlot& slot = g_crash_slots[index];
+  slot.state.store(1, std::memory_order_release);
+  slot.path[0] = '\0';
+  slot.state.store(0, std::memory_order_release);
+}
 
 // A directory listing, snapshotted at opendir so offsets stay stable.
 struct DirHandle {
@@ -203,6 +330,8 @@ class FuseMount::Impl {
   fuse_session* session_ = nullptr;
   bool mounted_ = false;
   bool signal_handlers_ = false;
+  // This mount's slot in the crash-abort table, -1 if none.
+  int crash_slot_ = -1;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
 
@@ -351,7 +480,7 @@ absl::Status FuseMount::Impl::WaitInflight(FileHandle& h, size_t keep) {
 }
 
 absl::Status FuseMount::Impl::FlushAsync(FileHandle& h) {
-  constexpr size_t kMaxInflight = 2;
+  constexpr size_t kMaxInflight = 4;
   if (h.buf.empty()) return h.write_error;
   RETURN_IF_ERROR(WaitInflight(h, kMaxInflight - 1));
   FileHandle::Inflight job;
@@ -390,15 +519,22 @@ absl::Status FuseMount::Impl::FlushAndCommit(FileHandle& h) {
 
 void FuseMount::Impl::StartPrefetch(FileHandle& h, uint64_t off,
                                     uint64_t file_size) {
-  if (off >= file_size || h.prefetch_off != kNoOffset) return;
-  uint64_t len = std::min<uint64_t>(options_.readahead_bytes, file_size - off);
-  h.prefetch_off = off;
+  if (!h.prefetch.empty()) {
+    off = h.prefetch.back().off + h.prefetch.back().len;
+  }
   FsClient* client = client_;
   FileRef ref = h.ref;
-  h.prefetch =
-      std::async(std::launch::async, [client, ref, file_size, off, len] {
-        return client->Read(ref, file_size, off, len);
-      });
+  while (off < file_size &&
+         h.prefetch.size() < static_cast<size_t>(options_.readahead_windows)) {
+    uint64_t len =
+        std::min<uint64_t>(options_.readahead_bytes, file_size - off);
+    h.prefetch.push_back(FileHandle::Prefetch{
+        off, len,
+        std::async(std::launch::async, [client, ref, file_size, off, len] {
+          return client->Read(ref, file_size, off, len);
+        })});
+    off += len;
+  }
 }
 
 // ---- operations ----
@@ -698,14 +834,23 @@ void FuseMount::Impl::Read(fuse_req_t req, fuse_ino_t ino, size_t size,
     return !h.ra.empty() && off >= h.ra_off &&
            off + want <= h.ra_off + h.ra.size();
   };
-  if (!in_window() && h.prefetch_off != kNoOffset) {
-    // Adopt the prefetched window (waiting for it) if the read falls in it;
-    // otherwise it is stale and dropped.
-    absl::StatusOr<std::string> next = h.prefetch.get();
-    uint64_t next_off = h.prefetch_off;
-    h.prefetch_off = kNoOffset;
-    if (next.ok() && off >= next_off && off + want <= next_off + next->size()) {
-      h.ra = std::move(*next);
+  while (!in_window() && !h.prefetch.empty()) {
+    // Adopt the first prefetched window the read falls in (waiting for it);
+    // windows before it are passed over, and all of them are stale if the
+    // read is elsewhere.
+    FileHandle::Prefetch& next = h.prefetch.front();
+    if (off < next.off || off >= h.prefetch.back().off + h.prefetch.back().len) {
+      while (!h.prefetch.empty()) {
+        (void)h.prefetch.front().data.get();
+        h.prefetch.pop_front();
+      }
+      break;
+    }
+    absl::StatusOr<std::string> data = next.data.get();
+    uint64_t next_off = next.off;
+    h.prefetch.pop_front();
+    if (data.ok() && off >= next_off && off + want <= next_off + data->size()) {
+      h.ra = std::move(*data);
       h.ra_off = next_off;
     }
   }
@@ -809,7 +954,7 @@ void FuseMount::Impl::Release(fuse_req_t req, fuse_ino_t ino,
       absl::Status closed = self->client_->Close(ino, size);
       if (status.ok()) status = closed;
     }
-    if (h->prefetch_off != kNoOffset) (void)h->prefetch.get();
+    for (FileHandle::Prefetch& p : h->prefetch) (void)p.data.get();
   }
   if (h->writable) self->DropLocalSize(ino);
   fuse_reply_err(req, ErrnoOf(status));
@@ -939,6 +1084,13 @@ absl::Status FuseMount::Impl::Mount() {
     return absl::InternalError(
         absl::StrCat("fuse_session_new failed with options ", joined));
   }
+  // Resolved before mounting: afterwards a lookup of the mountpoint would
+  // wait for the loop.
+  char real[PATH_MAX];
+  const std::string real_mountpoint =
+      realpath(options_.mountpoint.c_str(), real) != nullptr
+          ? std::string(real)
+          : options_.mountpoint;
   if (fuse_session_mount(session_, options_.mountpoint.c_str()) != 0) {
     fuse_session_destroy(session_);
     session_ = nullptr;
@@ -947,6 +1099,17 @@ absl::Status FuseMount::Impl::Mount() {
         ": needs an existing directory, /dev/fuse and root (see stderr)"));
   }
   mounted_ = true;
+  // Armed from here: a crash of this process aborts the connection (see
+  // "crash safety" above). Found through mountinfo, as a stat() of the
+  // mountpoint would wait for a loop that is not running yet.
+  if (std::optional<unsigned> conn = FuseConnection(real_mountpoint)) {
+    crash_slot_ = RegisterCrashAbort(ConnectionAbortPath(*conn));
+  }
+  if (crash_slot_ < 0) {
+    DSEC_LOG_WARN("dsec-mount: {}: a crash of this process may hang on its "
+                  "own mount (connection not found or table full)",
+                  options_.mountpoint);
+  }
   return absl::OkStatus();
 }
 
@@ -980,24 +1143,10 @@ absl::Status FuseMount::Impl::Start() {
   return absl::OkStatus();
 }
 
-// The FUSE connection number (the mount's minor device) of `mountpoint`,
-// read from /proc/self/mountinfo so the file system itself is not touched.
-static std::optional<unsigned> FuseConnection(const std::string& mountpoint) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  std::optional<unsigned> found;
-  while (std::getline(in, line)) {
-    std::vector<std::string> f = absl::StrSplit(line, ' ');
-    if (f.size() < 5 || f[4] != mountpoint) continue;
-    std::vector<std::string> dev = absl::StrSplit(f[2], ':');
-    unsigned minor = 0;
-    if (dev.size() == 2 && absl::SimpleAtoi(dev[1], &minor)) found = minor;
-  }
-  return found;
-}
-
 void FuseMount::Impl::Stop() {
   if (stopping_.exchange(true) || session_ == nullptr) return;
+  UnregisterCrashAbort(crash_slot_);
+  crash_slot_ = -1;
   fuse_session_exit(session_);
   if (!mounted_) return;
   std::optional<unsigned> conn = FuseConnection(options_.mountpoint);
@@ -1011,16 +1160,14 @@ void FuseMount::Impl::Stop() {
     DSEC_LOG_WARN("umount {}: {}", options_.mountpoint, std::strerror(errno));
   }
   if (!conn.has_value()) return;
-  const std::string dir = "/sys/fs/fuse/connections";
-  if (access((dir + "/" + std::to_string(*conn)).c_str(), F_OK) != 0) {
-    (void)mount("fusectl", dir.c_str(), "fusectl", 0, nullptr);
-  }
-  std::ofstream abort_file(dir + "/" + std::to_string(*conn) + "/abort");
+  std::ofstream abort_file(ConnectionAbortPath(*conn));
   abort_file << "1";
 }
 
 void FuseMount::Impl::Shutdown() {
   if (session_ == nullptr) return;
+  UnregisterCrashAbort(crash_slot_);
+  crash_slot_ = -1;
   if (thread_.joinable()) {
     Stop();
     thread_.join();
@@ -1040,9 +1187,11 @@ absl::StatusOr<std::unique_ptr<FuseMount>> FuseMount::Mount(
     return absl::InvalidArgumentError(
         "FuseMount needs a client and a mountpoint");
   }
-  if (options.max_threads < 1 || options.max_io_bytes < 4096) {
+  if (options.max_threads < 1 || options.max_io_bytes < 4096 ||
+      options.readahead_windows < 1) {
     return absl::InvalidArgumentError(
-        "max_threads must be >= 1 and max_io_bytes >= 4096");
+        "max_threads and readahead_windows must be >= 1 and max_io_bytes "
+        ">= 4096");
   }
   auto impl = std::make_unique<Impl>(client, options);
   absl::Status status = impl->Mount();

@@ -8,13 +8,18 @@
 //     other files keep it when size and mtime are unchanged since the last
 //     open (close-to-open consistency, as NFS);
 //   - readahead: a sequential reader's handle fetches `readahead_bytes`
-//     windows, chunks in parallel, and prefetches the next window while the
-//     current one is being consumed;
+//     windows, chunks in parallel, and keeps the next `readahead_windows`
+//     windows in flight while the current one is being consumed;
 //   - write-back: writes are buffered per open file up to `write_buffer_bytes`
 //     of contiguous data and flushed on a gap, when full, on flush (close),
 //     fsync and release; the file length is committed to the meta server at
 //     flush/fsync/release. stat() of a file being written shows the writer's
-//     length at once.
+//     length at once. Up to four buffers per open file are in flight.
+// Crash safety: Mount registers the connection's fusectl abort file; if this
+// process dies of SIGSEGV, SIGBUS, SIGILL, SIGFPE or SIGABRT, a handler
+// (installed once, async-signal-safe) aborts every connection this process
+// mounted before passing the signal on, so a thread of it blocked on its own
+// mount cannot keep it from exiting. Stop unregisters it.
 // Errors are the errno the meta/chunk servers attached (fs/fs_error.h).
 // Permission checks are the kernel's (-o default_permissions).
 //
@@ -40,6 +45,10 @@ struct FuseMountOptions {
   absl::Duration attr_timeout = absl::Seconds(1);
   absl::Duration sealed_timeout = absl::Hours(1);
   uint64_t readahead_bytes = 8 << 20;
+  // Windows fetched ahead of a sequential reader (each `readahead_bytes`, its
+  // chunks in parallel): a sequential handle holds at most
+  // (1 + readahead_windows) * readahead_bytes.
+  int readahead_windows = 4;
   uint64_t write_buffer_bytes = 16 << 20;
   // Largest single FUSE read/write request.
   uint32_t max_io_bytes = 1 << 20;
