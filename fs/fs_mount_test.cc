@@ -29,9 +29,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/test_util.h"
@@ -483,10 +483,10 @@ TEST(FuseMountCrash, ChildBody) {
   ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
   ASSERT_OK_AND_ASSIGN(
       std::unique_ptr<FsClient> client,
-      FsClient::Create({.meta_address =
-                            absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)),
-                        .rpc_timeout = absl::Seconds(300),
-                        .retry_budget = absl::Seconds(300)}));
+      FsClient::Create(
+          {.meta_address = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)),
+           .rpc_timeout = absl::Seconds(300),
+           .retry_budget = absl::Seconds(300)}));
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<FuseMount> mount,
                        FuseMount::Mount(client.get(), {.mountpoint = mnt}));
   ASSERT_OK(mount->Start());
@@ -499,20 +499,6 @@ TEST(FuseMountCrash, ChildBody) {
   rlimit no_core = {0, 0};
   setrlimit(RLIMIT_CORE, &no_core);
   abort();
-}
-
-std::optional<unsigned> FuseConnectionOf(const std::string& mountpoint) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  std::optional<unsigned> found;
-  while (std::getline(in, line)) {
-    std::vector<std::string> f = absl::StrSplit(line, ' ');
-    if (f.size() < 5 || f[4] != mountpoint) continue;
-    std::vector<std::string> dev = absl::StrSplit(f[2], ':');
-    unsigned minor = 0;
-    if (dev.size() == 2 && absl::SimpleAtoi(dev[1], &minor)) found = minor;
-  }
-  return found;
 }
 
 TEST(FuseMountCrash, CrashWithThreadOnOwnMountExits) {
@@ -550,9 +536,8 @@ TEST(FuseMountCrash, CrashWithThreadOnOwnMountExits) {
   }
   if (!exited) {
     // Release the hung child the way the fix would have, so the suite ends.
-    if (std::optional<unsigned> conn = FuseConnectionOf(mnt)) {
-      std::ofstream(absl::StrCat("/sys/fs/fuse/connections/", *conn,
-                                 "/abort"))
+    if (std::optional<unsigned> conn = FuseConnection(mnt)) {
+      std::ofstream(absl::StrCat("/sys/fs/fuse/connections/", *conn, "/abort"))
           << "1";
     }
     kill(pid, SIGKILL);

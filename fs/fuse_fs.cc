@@ -112,22 +112,6 @@ struct FileHandle {
   std::deque<Prefetch> prefetch ABSL_GUARDED_BY(mu);
 };
 
-// The FUSE connection number (the mount's minor device) of `mountpoint`,
-// read from /proc/self/mountinfo so the file system itself is not touched.
-std::optional<unsigned> FuseConnection(const std::string& mountpoint) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  std::optional<unsigned> found;
-  while (std::getline(in, line)) {
-    std::vector<std::string> f = absl::StrSplit(line, ' ');
-    if (f.size() < 5 || f[4] != mountpoint) continue;
-    std::vector<std::string> dev = absl::StrSplit(f[2], ':');
-    unsigned minor = 0;
-    if (dev.size() == 2 && absl::SimpleAtoi(dev[1], &minor)) found = minor;
-  }
-  return found;
-}
-
 // fusectl's abort file of connection `conn`, mounting fusectl if needed.
 std::string ConnectionAbortPath(unsigned conn) {
   const std::string dir = "/sys/fs/fuse/connections";
@@ -236,6 +220,20 @@ struct DirHandle {
 };
 
 }  // namespace
+
+std::optional<unsigned> FuseConnection(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  std::optional<unsigned> found;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    if (f.size() < 5 || f[4] != mountpoint) continue;
+    std::vector<std::string> dev = absl::StrSplit(f[2], ':');
+    unsigned minor = 0;
+    if (dev.size() == 2 && absl::SimpleAtoi(dev[1], &minor)) found = minor;
+  }
+  return found;
+}
 
 class FuseMount::Impl {
  public:
@@ -839,7 +837,8 @@ void FuseMount::Impl::Read(fuse_req_t req, fuse_ino_t ino, size_t size,
     // windows before it are passed over, and all of them are stale if the
     // read is elsewhere.
     FileHandle::Prefetch& next = h.prefetch.front();
-    if (off < next.off || off >= h.prefetch.back().off + h.prefetch.back().len) {
+    if (off < next.off ||
+        off >= h.prefetch.back().off + h.prefetch.back().len) {
       while (!h.prefetch.empty()) {
         (void)h.prefetch.front().data.get();
         h.prefetch.pop_front();
@@ -1106,9 +1105,10 @@ absl::Status FuseMount::Impl::Mount() {
     crash_slot_ = RegisterCrashAbort(ConnectionAbortPath(*conn));
   }
   if (crash_slot_ < 0) {
-    DSEC_LOG_WARN("dsec-mount: {}: a crash of this process may hang on its "
-                  "own mount (connection not found or table full)",
-                  options_.mountpoint);
+    DSEC_LOG_WARN(
+        "dsec-mount: {}: a crash of this process may hang on its "
+        "own mount (connection not found or table full)",
+        options_.mountpoint);
   }
   return absl::OkStatus();
 }
@@ -1154,12 +1154,20 @@ void FuseMount::Impl::Stop() {
   // reading /dev/fuse. If something still uses the mount (a sandbox overlay,
   // an open file), detach it and abort the connection, or the threads would
   // wait for the last user.
-  if (umount2(options_.mountpoint.c_str(), 0) == 0) return;
-  if (umount2(options_.mountpoint.c_str(), MNT_DETACH) != 0 &&
+  // A plain unmount can also succeed while another mount namespace (a
+  // sandbox's, or a lazily detached overlay) still holds the super block:
+  // then the connection outlives it, and is aborted too.
+  const bool unmounted = umount2(options_.mountpoint.c_str(), 0) == 0;
+  if (!unmounted && umount2(options_.mountpoint.c_str(), MNT_DETACH) != 0 &&
       errno != EINVAL) {
     DSEC_LOG_WARN("umount {}: {}", options_.mountpoint, std::strerror(errno));
   }
   if (!conn.has_value()) return;
+  if (unmounted &&
+      access(absl::StrCat("/sys/fs/fuse/connections/", *conn).c_str(), F_OK) !=
+          0) {
+    return;  // gone with the unmount
+  }
   std::ofstream abort_file(ConnectionAbortPath(*conn));
   abort_file << "1";
 }

@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,11 @@
 #include "fs/fs_client.h"
 
 namespace dsec::fs {
+
+// The FUSE connection number (the mount's minor device, as in
+// /sys/fs/fuse/connections) of `mountpoint`, read from /proc/self/mountinfo
+// so the file system itself is not touched; nullopt if it is not mounted.
+std::optional<unsigned> FuseConnection(const std::string& mountpoint);
 
 struct FuseMountOptions {
   std::string mountpoint;
