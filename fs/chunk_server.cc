@@ -504,8 +504,7 @@ struct ChunkServer::Impl {
   }
 
   // Takes the data out of *req (no copy).
-  absl::Status Write(v1::ChunkWriteRequest* req,
-                     v1::ChunkWriteResponse* resp) {
+  absl::Status Write(v1::ChunkWriteRequest* req, v1::ChunkWriteResponse* resp) {
     const size_t bytes = req->data().size();
     v1::ForwardRequest f;
     f.set_op(v1::FORWARD_OP_WRITE);
@@ -559,9 +558,9 @@ struct ChunkServer::Impl {
     const ForwardOp received_op = req->op();
     absl::Status s = ForwardImpl(req, resp);
     forwards_in->Inc({OpName(received_op), !s.ok() ? "error"
-                                        : resp->base_mismatch()
-                                            ? "base_mismatch"
-                                            : "ok"});
+                                           : resp->base_mismatch()
+                                               ? "base_mismatch"
+                                               : "ok"});
     return s;
   }
 

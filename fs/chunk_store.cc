@@ -10,8 +10,8 @@
 #include <zlib.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -529,7 +529,8 @@ bool ChunkStore::WriteDirect(const std::string& path, absl::string_view data) {
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
   if (!fd) {
     // EINVAL: no O_DIRECT here (say, an older tmpfs); stop trying.
-    if (errno == EINVAL) direct_io_failed_.store(true, std::memory_order_relaxed);
+    if (errno == EINVAL)
+      direct_io_failed_.store(true, std::memory_order_relaxed);
     return false;
   }
   std::unique_ptr<char, void (*)(void*)> buf(nullptr, &std::free);
