@@ -4,17 +4,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "rollout/policy/hash.h"
 
 namespace dsec::rollout {
-namespace {
-
-uint64_t StableHash(absl::string_view s) {
-  uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
-  return h;
-}
-
-}  // namespace
 
 MoePolicy::MoePolicy(policy::Model* model, MoePolicyOptions options)
     : model_(model),
@@ -35,8 +27,9 @@ absl::StatusOr<std::vector<PolicyTurn>> MoePolicy::Act(
     request.session_id = c.episode_id;
     request.prompt = tokenizer_.Encode(prompt);
     request.sampling = options_.sampling;
-    request.sampling.seed = options_.sampling.seed ^ StableHash(c.episode_id) ^
-                            (0x9e3779b97f4a7c15ULL * (c.step + 1));
+    request.sampling.seed = policy::internal::Hash64(
+        c.episode_id,
+        options_.sampling.seed ^ (0x9e3779b97f4a7c15ULL * (c.step + 1)));
     request.wal_path = c.wal_path;
     request.return_routing = options_.return_routing;
     turns[i].prompt_tokens = static_cast<int64_t>(request.prompt.size());

@@ -2,10 +2,10 @@
 
 #include <vector>
 
-#include "absl/hash/hash.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "rollout/policy/hash.h"
 
 namespace dsec::rollout {
 namespace {
@@ -42,21 +42,6 @@ std::vector<Move> MovesFor(ScriptedPlan plan) {
               Move::kWriteGood, Move::kCheck,     Move::kAnswer};
   }
   return {Move::kAnswer};
-}
-
-// splitmix64: a well-mixed 64-bit hash step.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// FNV-1a: stable across processes and builds (absl::Hash is not).
-uint64_t StableHash(absl::string_view s) {
-  uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
-  return h;
 }
 
 dsml::ToolCall Call(std::string name,
@@ -149,7 +134,8 @@ ScriptedPlan ScriptedPolicy::PlanFor(absl::string_view episode_id) const {
   double total = 0;
   for (double w : weights) total += w > 0 ? w : 0;
   if (total <= 0) return ScriptedPlan::kCorrect;
-  const uint64_t h = Mix(options_.seed ^ StableHash(episode_id));
+  // Stable across processes and builds, so a resumed episode replays.
+  const uint64_t h = policy::internal::Hash64(episode_id, options_.seed);
   double u = static_cast<double>(h >> 11) * 0x1.0p-53 * total;
   for (int i = 0; i < 5; ++i) {
     const double w = weights[i] > 0 ? weights[i] : 0;
