@@ -242,20 +242,28 @@ struct ControllerServer::Impl {
   absl::flat_hash_map<std::string, NodeRec> nodes ABSL_GUARDED_BY(mu);
   std::vector<std::string> node_by_index ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, v1::Snapshot> snapshots ABSL_GUARDED_BY(mu);
-  // Deleted snapshots whose dsec-fs directories agents should remove: every
-  // heartbeat answer names them until the deadline (in memory only; a
-  // controller restart forgets them, leaving garbage, never damage).
+  // Deleted snapshots whose dsec-fs directories agents should remove, by
+  // wall-clock deadline: every heartbeat answer names them until the
+  // deadline. Each entry is also in the store (snapgc/<id>), written in the
+  // batch that deletes the snapshot and deleted when it expires, so a
+  // controller restart resumes the list.
   std::deque<std::pair<absl::Time, std::string>> snapshot_gc
       ABSL_GUARDED_BY(mu);
 
-  // Queues `snap`'s dsec-fs directory for removal by the agents.
-  void ForgetSnapshotOnFs(const v1::Snapshot& snap)
+  // Queues `snap`'s dsec-fs directory for removal by the agents and records
+  // that in `batch`, the batch that deletes the snapshot.
+  void ForgetSnapshotOnFs(const v1::Snapshot& snap, Store::Batch* batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (snap.fs_path().empty()) return;
-    snapshot_gc.emplace_back(
+    std::pair<absl::Time, std::string> entry(
         absl::Now() +
             std::max(absl::Seconds(30), 3 * options.heartbeat_timeout),
         snap.id());
+    batch->PutSnapshotGc(entry.second, entry.first);
+    // Usually the back; earlier when heartbeat_timeout shrank over a restart.
+    snapshot_gc.insert(
+        std::upper_bound(snapshot_gc.begin(), snapshot_gc.end(), entry),
+        std::move(entry));
   }
   absl::flat_hash_map<std::string, IdemRec> idem ABSL_GUARDED_BY(mu);
   std::deque<std::pair<absl::Time, std::string>> idem_order ABSL_GUARDED_BY(mu);
@@ -1479,6 +1487,18 @@ struct ControllerServer::Impl {
       ChargeSnapshot(s, +1);
       snapshots[s.id()] = std::move(s);
     }
+    // Deleted snapshots' dsec-fs directories still to hand to agents; the
+    // ones past their deadline are dropped, from the store too.
+    Store::Batch expired_gc;
+    for (auto& g : st.snapshot_gc) {
+      if (g.deadline < now) {
+        expired_gc.DeleteSnapshotGc(g.snapshot_id);
+      } else {
+        snapshot_gc.emplace_back(g.deadline, std::move(g.snapshot_id));
+      }
+    }
+    std::sort(snapshot_gc.begin(), snapshot_gc.end());
+    RETURN_IF_ERROR(store->Write(std::move(expired_gc)));
     for (auto& sb : st.sandboxes) {
       rv = std::max(rv, sb.resource_version());
       SbxRec r;
@@ -1516,8 +1536,10 @@ struct ControllerServer::Impl {
     for (int s = 0; s < 10; ++s)
       PublishStateGauge(static_cast<v1::SandboxState>(s));
     DSEC_LOG_INFO(
-        "controller: recovered {} jobs, {} nodes, {} sandboxes, {} snapshots",
-        jobs.size(), nodes.size(), sandboxes.size(), snapshots.size());
+        "controller: recovered {} jobs, {} nodes, {} sandboxes, {} snapshots, "
+        "{} deleted snapshots to remove from dsec-fs",
+        jobs.size(), nodes.size(), sandboxes.size(), snapshots.size(),
+        snapshot_gc.size());
     return absl::OkStatus();
   }
 
@@ -1877,9 +1899,9 @@ class SandboxesService final : public v1::Sandboxes::Service {
       return Fail(absl::NotFoundError("snapshot not found"));
     }
     impl_->ChargeSnapshot(it->second, -1);
-    impl_->ForgetSnapshotOnFs(it->second);
-    impl_->snapshots.erase(it);
     Store::Batch b;
+    impl_->ForgetSnapshotOnFs(it->second, &b);
+    impl_->snapshots.erase(it);
     b.DeleteSnapshot(req->snapshot_id());
     impl_->Persist(std::move(b));
     return grpc::Status::OK;
@@ -2143,7 +2165,7 @@ class JobsService final : public v1::Jobs::Service {
       b.PutJob(Impl::StoredJob(j));
       for (auto it = impl_->snapshots.begin(); it != impl_->snapshots.end();) {
         if (it->second.job_id() == id) {
-          impl_->ForgetSnapshotOnFs(it->second);
+          impl_->ForgetSnapshotOnFs(it->second, &b);
           b.DeleteSnapshot(it->first);
           impl_->snapshots.erase(it++);
         } else {
@@ -2266,10 +2288,16 @@ class NodeRegistryService final : public v1::NodeRegistry::Service {
     resp->set_cordoned(n.cordoned || n.draining);
     resp->set_draining(n.draining);
     auto& gc = impl_->snapshot_gc;
-    while (!gc.empty() && gc.front().first < now) gc.pop_front();
+    Store::Batch expired;
+    while (!gc.empty() && gc.front().first < now) {
+      expired.DeleteSnapshotGc(gc.front().second);
+      gc.pop_front();
+    }
     for (size_t i = 0; i < gc.size() && i < 1000; ++i) {
       resp->add_delete_snapshot_ids(gc[i].second);
     }
+    // Last: `n` must not be used across Persist.
+    if (!expired.empty()) impl_->Persist(std::move(expired));
     return grpc::Status::OK;
   }
 

@@ -4,10 +4,11 @@
 // agents' NodeAgent (start/stop/list) and SandboxRuntime.Snapshot; it never
 // carries exec traffic.
 //
-// Lifecycle: Create() opens the store, recovers every job, sandbox, node and
-// snapshot, starts the gRPC server, the monitor thread (heartbeat timeouts,
-// lease lapses, retention) and a one-shot reconciliation pass that asks each
-// known agent for its sandboxes (ListNodeSandboxes). Shutdown() stops all of
+// Lifecycle: Create() opens the store, recovers every job, sandbox, node,
+// snapshot and deleted snapshot still to be removed from dsec-fs, starts the
+// gRPC server, the monitor thread (heartbeat timeouts, lease lapses,
+// retention) and a one-shot reconciliation pass that asks each known agent
+// for its sandboxes (ListNodeSandboxes). Shutdown() stops all of
 // it; it is idempotent and the destructor calls it. Embeddable: several
 // controllers may live in one process (tests restart one on the same
 // data_dir after Shutdown()).
@@ -27,7 +28,9 @@
 // create, and StartSandbox names the snapshot so an agent that does not
 // hold it copies the layers from dsec-fs. Without fs_path the layers are
 // node-local and every child goes to the snapshot's node. Deleted
-// snapshots' dsec-fs directories are handed to agents in heartbeat answers.
+// snapshots' dsec-fs directories are handed to agents in heartbeat answers
+// for a while (3 heartbeat timeouts, at least 30s, wall clock); that list
+// is in the store, so a controller restart does not forget it.
 //
 // Thread-safe. All state sits behind one mutex; RocksDB writes (WAL, no
 // fsync) happen under it so that memory and disk change in the same order.

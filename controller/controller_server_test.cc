@@ -101,10 +101,16 @@ class FakeAgent final : public v1::NodeAgent::Service,
     resp->mutable_snapshot()->set_size_bytes(1000);
     resp->mutable_snapshot()->set_layer_ref("/layers/x");
     resp->mutable_snapshot()->add_layers("/layers/x");
+    if (fs_backed_.load()) {
+      resp->mutable_snapshot()->set_fs_path(
+          absl::StrCat("/snapshots/", resp->snapshot().id()));
+    }
     return grpc::Status::OK;
   }
 
   std::atomic<int> snapshots_{0};
+  // Snapshots report their layers written back to dsec-fs (fs_path set).
+  std::atomic<bool> fs_backed_{false};
 
   void set_refuse(bool r) {
     absl::MutexLock l(&mu_);
@@ -684,6 +690,46 @@ TEST_F(ControllerTest, SnapshotBytesQuotaRefusesSnapshotsOnceFull) {
   controller_.reset();
   StartController();
   EXPECT_EQ(usage(), 2000);
+}
+
+TEST_F(ControllerTest, DeletedFsSnapshotIsStillNamedInHeartbeatsAfterRestart) {
+  StartController();
+  auto [job, key] = MakeJob("snapgc");
+  FakeAgent* a = AddNode("n1");
+  a->fs_backed_ = true;
+  ASSERT_OK_AND_ASSIGN(auto resp, CreateBatch(key, 1));
+  v1::SnapshotSandboxRequest sreq;
+  sreq.set_sandbox_id(resp.handles(0).sandbox_id());
+  v1::Snapshot snap;
+  auto sctx = Ctx(key);
+  ASSERT_TRUE(sandboxes_->SnapshotSandbox(sctx.get(), sreq, &snap).ok());
+  ASSERT_FALSE(snap.fs_path().empty());
+  v1::DeleteSnapshotRequest dreq;
+  dreq.set_snapshot_id(snap.id());
+  v1::DeleteSnapshotResponse dresp;
+  auto dctx = Ctx(key);
+  ASSERT_TRUE(sandboxes_->DeleteSnapshot(dctx.get(), dreq, &dresp).ok());
+  auto heartbeat = [&] {
+    v1::HeartbeatRequest hb;
+    hb.set_node_id("n1");
+    v1::HeartbeatResponse hresp;
+    auto ctx = Ctx(kNodeKey);
+    grpc::Status s = registry_->Heartbeat(ctx.get(), hb, &hresp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return std::vector<std::string>(hresp.delete_snapshot_ids().begin(),
+                                    hresp.delete_snapshot_ids().end());
+  };
+  EXPECT_EQ(heartbeat(), std::vector<std::string>{snap.id()});
+  // The list is durable: a restarted controller still hands it out.
+  controller_->Shutdown();
+  controller_.reset();
+  StartController();
+  EXPECT_EQ(heartbeat(), std::vector<std::string>{snap.id()});
+  // And so does the next one, after another restart (nothing expired).
+  controller_->Shutdown();
+  controller_.reset();
+  StartController();
+  EXPECT_EQ(heartbeat(), std::vector<std::string>{snap.id()});
 }
 
 }  // namespace

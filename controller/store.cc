@@ -1,6 +1,7 @@
 #include "controller/store.h"
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
@@ -14,6 +15,7 @@ constexpr char kJob[] = "job/";
 constexpr char kSandbox[] = "sbx/";
 constexpr char kNode[] = "node/";
 constexpr char kSnapshot[] = "snap/";
+constexpr char kSnapshotGc[] = "snapgc/";
 constexpr char kEvent[] = "ev/";
 
 std::string EventKey(int64_t rv) {
@@ -37,6 +39,20 @@ absl::Status ParseInto(const rocksdb::Slice& key, const rocksdb::Slice& value,
         absl::StrCat("corrupt store record ", key.ToString()));
   }
   out->push_back(std::move(msg));
+  return absl::OkStatus();
+}
+
+absl::Status ParseSnapshotGc(const rocksdb::Slice& key,
+                             const rocksdb::Slice& value,
+                             std::vector<Store::State::SnapshotGc>* out) {
+  int64_t unix_ms = 0;
+  if (!absl::SimpleAtoi(absl::string_view(value.data(), value.size()),
+                        &unix_ms)) {
+    return absl::InternalError(
+        absl::StrCat("corrupt store record ", key.ToString()));
+  }
+  out->push_back({key.ToString().substr(sizeof(kSnapshotGc) - 1),
+                  absl::FromUnixMillis(unix_ms)});
   return absl::OkStatus();
 }
 
@@ -65,6 +81,14 @@ void Store::Batch::PutSnapshot(const v1::Snapshot& snapshot) {
 }
 void Store::Batch::DeleteSnapshot(const std::string& id) {
   ops_.push_back({absl::StrCat(kSnapshot, id), std::nullopt});
+}
+void Store::Batch::PutSnapshotGc(const std::string& snapshot_id,
+                                 absl::Time deadline) {
+  ops_.push_back({absl::StrCat(kSnapshotGc, snapshot_id),
+                  absl::StrCat(absl::ToUnixMillis(deadline))});
+}
+void Store::Batch::DeleteSnapshotGc(const std::string& snapshot_id) {
+  ops_.push_back({absl::StrCat(kSnapshotGc, snapshot_id), std::nullopt});
 }
 void Store::Batch::PutEvent(const v1::SandboxEvent& event) {
   ops_.push_back(
@@ -127,6 +151,8 @@ absl::StatusOr<Store::State> Store::LoadAll() const {
       st = ParseInto(key, it->value(), &state.nodes);
     } else if (key.starts_with(kSnapshot)) {
       st = ParseInto(key, it->value(), &state.snapshots);
+    } else if (key.starts_with(kSnapshotGc)) {
+      st = ParseSnapshotGc(key, it->value(), &state.snapshot_gc);
     } else if (key.starts_with(kEvent)) {
       st = ParseInto(key, it->value(), &state.events);
     }

@@ -1,11 +1,14 @@
-// Durable controller state in RocksDB: jobs, sandboxes, nodes and
-// snapshots, one record per object under a key prefix:
-//   job/<id>   dsec.v1.Job        (api_key holds the SHA-256 hex of the key)
-//   sbx/<id>   dsec.v1.Sandbox
-//   node/<id>  dsec.v1.Node
-//   snap/<id>  dsec.v1.Snapshot
-//   ev/<rv>    dsec.v1.SandboxEvent, rv zero-padded to 20 digits (the watch
-//              history, so a watch resumes across a controller restart)
+// Durable controller state in RocksDB: jobs, sandboxes, nodes, snapshots
+// and deleted snapshots still to be removed from dsec-fs, one record per
+// object under a key prefix:
+//   job/<id>     dsec.v1.Job        (api_key holds the SHA-256 hex of the key)
+//   sbx/<id>     dsec.v1.Sandbox
+//   node/<id>    dsec.v1.Node
+//   snap/<id>    dsec.v1.Snapshot
+//   snapgc/<id>  decimal Unix milliseconds: until when agents are told to
+//                remove deleted snapshot <id>'s dsec-fs directory
+//   ev/<rv>      dsec.v1.SandboxEvent, rv zero-padded to 20 digits (the watch
+//                history, so a watch resumes across a controller restart)
 // Mutations go through a Batch, applied atomically (one WriteBatch, WAL on,
 // no fsync per write: a controller crash loses nothing, a machine crash may
 // lose the last writes, which reconciliation with agents repairs).
@@ -23,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "dsec/v1/job_service.pb.h"
 #include "dsec/v1/node_service.pb.h"
 #include "dsec/v1/sandbox_service.pb.h"
@@ -45,6 +49,10 @@ class Store {
     void PutNode(const v1::Node& node);
     void PutSnapshot(const v1::Snapshot& snapshot);
     void DeleteSnapshot(const std::string& id);
+    // A deleted snapshot whose dsec-fs directory agents should remove until
+    // `deadline` (stored to the millisecond).
+    void PutSnapshotGc(const std::string& snapshot_id, absl::Time deadline);
+    void DeleteSnapshotGc(const std::string& snapshot_id);
     void PutEvent(const v1::SandboxEvent& event);
     // Drops every event with resource_version < rv.
     void DeleteEventsBefore(int64_t rv);
@@ -67,6 +75,12 @@ class Store {
     std::vector<v1::Sandbox> sandboxes;
     std::vector<v1::Node> nodes;
     std::vector<v1::Snapshot> snapshots;
+    struct SnapshotGc {
+      std::string snapshot_id;
+      absl::Time deadline;
+    };
+    // In key (snapshot id) order, expired ones included.
+    std::vector<SnapshotGc> snapshot_gc;
     // Oldest first.
     std::vector<v1::SandboxEvent> events;
   };
