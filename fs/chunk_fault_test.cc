@@ -71,7 +71,7 @@ class ChunkFaultTest : public ::testing::Test {
     if (HasFailure()) std::cerr << Logs();
   }
 
-  void Spawn(size_t i) {
+  void Spawn(size_t i, const std::vector<std::string>& extra = {}) {
     std::vector<std::string> argv = {
         bin_,
         absl::StrCat("--listen=127.0.0.1:", ports_[i]),
@@ -81,8 +81,25 @@ class ChunkFaultTest : public ::testing::Test {
         absl::StrCat("--max_chunk_size=", kMax),
         "--sync=false",
         "--log_level=info"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
     ASSERT_OK_AND_ASSIGN(procs_[i], dsec::testing::Subprocess::Start(
                                         argv, dir_.Join(kNodes[i] + ".log")));
+  }
+
+  // Server i's (last) data file of chunk `id` ("" if none).
+  std::string ChunkFile(size_t i, ChunkId id) {
+    std::vector<std::string> files =
+        testing::ChunkFilesOf(dir_.Join(kNodes[i]), id.inode, id.index);
+    return files.empty() ? "" : files.back();
+  }
+
+  static void Overwrite(const std::string& file, off_t offset,
+                        const std::string& bytes) {
+    int fd = open(file.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0) << file;
+    ASSERT_EQ(pwrite(fd, bytes.data(), bytes.size(), offset),
+              static_cast<ssize_t>(bytes.size()));
+    close(fd);
   }
 
   std::string Logs() {
@@ -300,32 +317,10 @@ TEST_F(ChunkFaultTest, CorruptChunkFileIsDetectedAndRepaired) {
   std::string content(200000, 'c');
   for (size_t k = 0; k < content.size(); k += 97) content[k] = 'a' + k % 26;
   ASSERT_OK(WriteWithRetry(id, 0, content));
-  // Find n3's file of the chunk and flip bytes in it.
-  char prefix[64];
-  snprintf(prefix, sizeof(prefix), "%016lx-%08x.v",
-           static_cast<unsigned long>(id.inode), id.index);
-  std::string found;
-  std::string root = dir_.Join("n3") + "/chunks";
-  DIR* d = opendir(root.c_str());
-  ASSERT_NE(d, nullptr);
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::string sub = root + "/" + e->d_name;
-    DIR* s = opendir(sub.c_str());
-    if (s == nullptr) continue;
-    while (dirent* f = readdir(s)) {
-      if (absl::StartsWith(f->d_name, prefix)) found = sub + "/" + f->d_name;
-    }
-    closedir(s);
-  }
-  closedir(d);
+  // Flip bytes in n3's file of the chunk.
+  std::string found = ChunkFile(2, id);
   ASSERT_FALSE(found.empty());
-  {
-    int fd = open(found.c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(pwrite(fd, "\xff\xfe\xfd", 3, 150000), 3);
-    close(fd);
-  }
+  Overwrite(found, 150000, "\xff\xfe\xfd");
   EXPECT_THAT(Read(2, id), StatusIs(absl::StatusCode::kDataLoss));
   // Other replicas are unaffected.
   EXPECT_EQ(*Read(0, id), content);
@@ -337,6 +332,39 @@ TEST_F(ChunkFaultTest, CorruptChunkFileIsDetectedAndRepaired) {
   } while (!r.ok() && absl::Now() < deadline);
   ASSERT_OK(r.status());
   EXPECT_EQ(*r, content);
+}
+
+TEST_F(ChunkFaultTest, ScrubRepairsCorruptionNobodyReads) {
+  ChunkId id{78, 0};
+  std::string content(300000, 's');
+  for (size_t k = 0; k < content.size(); k += 89) content[k] = 'a' + k % 26;
+  ASSERT_OK(WriteWithRetry(id, 0, content));
+  ASSERT_OK(WriteWithRetry(ChunkId{78, 1}, 0, content));  // a healthy one
+  // Damage n3's copy while it is down, then restart it scrubbing every
+  // second. Nobody reads the chunk: the scrub alone must find and repair it.
+  ASSERT_OK(procs_[2]->Stop(SIGTERM).status());
+  std::string file = ChunkFile(2, id);
+  ASSERT_FALSE(file.empty());
+  Overwrite(file, 123456, std::string("\x00\x01\x02\x03", 4));
+  Spawn(2, {"--scrub_interval_s=1", "--scrub_mib_per_s=64"});
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline &&
+         procs_[2]->Log().find("repaired " + id.ToString()) ==
+             std::string::npos) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  std::string log = procs_[2]->Log();
+  EXPECT_NE(log.find("scrub found " + id.ToString() + " corrupt"),
+            std::string::npos)
+      << log;
+  ASSERT_NE(log.find("repaired " + id.ToString()), std::string::npos) << log;
+  // Only the damaged chunk was repaired.
+  EXPECT_EQ(log.find("repaired " + ChunkId{78, 1}.ToString()),
+            std::string::npos);
+  absl::StatusOr<v1::FetchChunkResponse> f = Fetch(2, id);
+  ASSERT_OK(f.status());
+  EXPECT_EQ(f->content(), content);
+  EXPECT_EQ(*Read(2, id), content);
 }
 
 TEST_F(ChunkFaultTest, SigtermShutsDownCleanly) {

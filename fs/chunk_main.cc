@@ -2,6 +2,7 @@
 // shuts down cleanly and exits 0.
 #include <malloc.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdint>
 #include <string>
@@ -22,6 +23,10 @@ ABSL_FLAG(uint32_t, max_chunk_size, 4 << 20, "largest chunk in bytes");
 ABSL_FLAG(bool, sync, true, "fsync chunk data and metadata");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus host:port; empty: off");
 ABSL_FLAG(std::string, log_level, "info", "log level");
+ABSL_FLAG(int64_t, scrub_interval_s, 86400,
+          "start a scrub pass (read back and verify every chunk) this often; "
+          "0: never");
+ABSL_FLAG(uint64_t, scrub_mib_per_s, 32, "read rate cap of a scrub pass");
 
 int main(int argc, char** argv) {
   // Chunk-sized buffers (gRPC messages, protobuf strings) are allocated and
@@ -51,6 +56,9 @@ int main(int argc, char** argv) {
   }
   options.store.sync = absl::GetFlag(FLAGS_sync);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.scrub_interval = absl::Seconds(
+      std::max<int64_t>(absl::GetFlag(FLAGS_scrub_interval_s), 0));
+  options.scrub_bytes_per_sec = absl::GetFlag(FLAGS_scrub_mib_per_s) << 20;
 
   auto server = dsec::fs::ChunkServer::Create(options);
   if (!server.ok()) {

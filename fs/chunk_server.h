@@ -110,6 +110,14 @@ struct ChunkServerOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   // Recompute chunk count and bytes for heartbeats at most this often.
   absl::Duration usage_interval = absl::Seconds(5);
+  // Scrub: every committed chunk is read back and its checksums verified
+  // once per pass, so corruption of data nobody reads (a bad sector, a
+  // stray write) is found and repaired from a replica while replicas still
+  // hold good copies. A pass starts this long after the previous one
+  // started (the first one this long after start-up); zero: never.
+  absl::Duration scrub_interval = absl::Hours(24);
+  // Read rate cap of a pass, so it stays in the background.
+  uint64_t scrub_bytes_per_sec = 32 << 20;
 };
 
 class ChunkServer {

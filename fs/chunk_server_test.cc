@@ -39,32 +39,6 @@ constexpr auto kServing = v1::CHAIN_MEMBER_STATE_SERVING;
 constexpr auto kSyncing = v1::CHAIN_MEMBER_STATE_SYNCING;
 constexpr auto kOffline = v1::CHAIN_MEMBER_STATE_OFFLINE;
 
-// Every chunk file of `id` under <data_dir>/chunks.
-std::vector<std::string> ChunkFilesOf(const std::string& data_dir,
-                                      const ChunkId& id) {
-  char prefix[64];
-  snprintf(prefix, sizeof(prefix), "%016lx-%08x.v",
-           static_cast<unsigned long>(id.inode), id.index);
-  std::vector<std::string> out;
-  std::string root = data_dir + "/chunks";
-  DIR* d = opendir(root.c_str());
-  if (d == nullptr) return out;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::string sub = root + "/" + e->d_name;
-    DIR* s = opendir(sub.c_str());
-    if (s == nullptr) continue;
-    while (dirent* f = readdir(s)) {
-      if (absl::StartsWith(f->d_name, prefix)) {
-        out.push_back(sub + "/" + f->d_name);
-      }
-    }
-    closedir(s);
-  }
-  closedir(d);
-  return out;
-}
-
 class ChunkServerTest : public ::testing::Test {
  protected:
   const std::vector<std::string> kNodes = {"n1", "n2", "n3"};
@@ -443,7 +417,8 @@ TEST_F(ChunkServerTest, CorruptReplicaReturnsDataLossThenIsRepaired) {
   ChunkId id{21, 0};
   std::string content(20000, 'q');
   ASSERT_OK(Write(0, id, 0, content).status());
-  std::vector<std::string> files = ChunkFilesOf(dir_.Join("n2"), id);
+  std::vector<std::string> files =
+      testing::ChunkFilesOf(dir_.Join("n2"), id.inode, id.index);
   ASSERT_EQ(files.size(), 1u);
   {
     int fd = open(files[0].c_str(), O_RDWR);
@@ -467,7 +442,8 @@ TEST_F(ChunkServerTest, CorruptReplicaReturnsDataLossThenIsRepaired) {
 TEST_F(ChunkServerTest, HeadWithCorruptBaseRepairsBeforeWriting) {
   ChunkId id{22, 0};
   ASSERT_OK(Write(0, id, 0, std::string(9000, 'h')).status());
-  std::vector<std::string> files = ChunkFilesOf(dir_.Join("n1"), id);
+  std::vector<std::string> files =
+      testing::ChunkFilesOf(dir_.Join("n1"), id.inode, id.index);
   ASSERT_EQ(files.size(), 1u);
   {
     int fd = open(files[0].c_str(), O_RDWR);

@@ -86,6 +86,16 @@ FsClient::FsClient(const FsClientOptions& options) : options_(options) {
 
 FsClient::~FsClient() = default;
 
+namespace {
+
+void CopyDirs(google::protobuf::RepeatedPtrField<v1::Inode>* dirs,
+              std::vector<v1::Inode>* out) {
+  if (out == nullptr) return;
+  for (v1::Inode& dir : *dirs) out->push_back(std::move(dir));
+}
+
+}  // namespace
+
 void FsClient::PrepareContext(grpc::ClientContext* context) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
 }
@@ -112,8 +122,15 @@ absl::StatusOr<v1::Inode> FsClient::Lookup(uint64_t parent,
   v1::LookupRequest request;
   request.set_parent(parent);
   request.set_name(std::string(name));
+  // A miss comes back as an empty reply: cheaper than an error status (with
+  // its trailers) for what a lookup before every create returns.
+  request.set_missing_ok(true);
   v1::InodeReply reply;
   RETURN_IF_ERROR(DSEC_META_CALL(Lookup, request, reply));
+  if (!reply.has_inode()) {
+    return FsError(
+        ENOENT, absl::StrCat("no entry \"", name, "\" in directory ", parent));
+  }
   return std::move(*reply.mutable_inode());
 }
 
@@ -161,7 +178,8 @@ absl::StatusOr<v1::Inode> FsClient::SetAttr(uint64_t ino,
 
 absl::StatusOr<v1::Inode> FsClient::Mkdir(uint64_t parent,
                                           absl::string_view name, uint32_t mode,
-                                          uint32_t uid, uint32_t gid) {
+                                          uint32_t uid, uint32_t gid,
+                                          std::vector<v1::Inode>* dirs_after) {
   v1::MkdirRequest request;
   request.set_parent(parent);
   request.set_name(std::string(name));
@@ -170,21 +188,26 @@ absl::StatusOr<v1::Inode> FsClient::Mkdir(uint64_t parent,
   request.set_gid(gid);
   v1::InodeReply reply;
   RETURN_IF_ERROR(DSEC_META_CALL(Mkdir, request, reply));
+  CopyDirs(reply.mutable_dirs(), dirs_after);
   return std::move(*reply.mutable_inode());
 }
 
-absl::Status FsClient::Rmdir(uint64_t parent, absl::string_view name) {
+absl::Status FsClient::Rmdir(uint64_t parent, absl::string_view name,
+                             std::vector<v1::Inode>* dirs_after) {
   v1::RemoveRequest request;
   request.set_parent(parent);
   request.set_name(std::string(name));
-  v1::EmptyReply reply;
-  return DSEC_META_CALL(Rmdir, request, reply);
+  v1::NamespaceReply reply;
+  RETURN_IF_ERROR(DSEC_META_CALL(Rmdir, request, reply));
+  CopyDirs(reply.mutable_dirs(), dirs_after);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::Inode> FsClient::Create(uint64_t parent,
                                            absl::string_view name,
                                            uint32_t mode, uint32_t uid,
-                                           uint32_t gid, bool open) {
+                                           uint32_t gid, bool open,
+                                           std::vector<v1::Inode>* dirs_after) {
   v1::CreateRequest request;
   request.set_parent(parent);
   request.set_name(std::string(name));
@@ -194,45 +217,53 @@ absl::StatusOr<v1::Inode> FsClient::Create(uint64_t parent,
   request.set_open(open);
   v1::InodeReply reply;
   RETURN_IF_ERROR(DSEC_META_CALL(Create, request, reply));
+  CopyDirs(reply.mutable_dirs(), dirs_after);
   return std::move(*reply.mutable_inode());
 }
 
-absl::Status FsClient::Unlink(uint64_t parent, absl::string_view name) {
+absl::Status FsClient::Unlink(uint64_t parent, absl::string_view name,
+                              std::vector<v1::Inode>* dirs_after) {
   v1::RemoveRequest request;
   request.set_parent(parent);
   request.set_name(std::string(name));
-  v1::EmptyReply reply;
-  return DSEC_META_CALL(Unlink, request, reply);
+  v1::NamespaceReply reply;
+  RETURN_IF_ERROR(DSEC_META_CALL(Unlink, request, reply));
+  CopyDirs(reply.mutable_dirs(), dirs_after);
+  return absl::OkStatus();
 }
 
 absl::Status FsClient::Rename(uint64_t old_parent, absl::string_view old_name,
                               uint64_t new_parent, absl::string_view new_name,
-                              uint32_t flags) {
+                              uint32_t flags,
+                              std::vector<v1::Inode>* dirs_after) {
   v1::RenameRequest request;
   request.set_old_parent(old_parent);
   request.set_old_name(std::string(old_name));
   request.set_new_parent(new_parent);
   request.set_new_name(std::string(new_name));
   request.set_flags(flags);
-  v1::EmptyReply reply;
-  return DSEC_META_CALL(Rename, request, reply);
+  v1::NamespaceReply reply;
+  RETURN_IF_ERROR(DSEC_META_CALL(Rename, request, reply));
+  CopyDirs(reply.mutable_dirs(), dirs_after);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::Inode> FsClient::Link(uint64_t ino, uint64_t new_parent,
-                                         absl::string_view new_name) {
+                                         absl::string_view new_name,
+                                         std::vector<v1::Inode>* dirs_after) {
   v1::LinkRequest request;
   request.set_ino(ino);
   request.set_new_parent(new_parent);
   request.set_new_name(std::string(new_name));
   v1::InodeReply reply;
   RETURN_IF_ERROR(DSEC_META_CALL(Link, request, reply));
+  CopyDirs(reply.mutable_dirs(), dirs_after);
   return std::move(*reply.mutable_inode());
 }
 
-absl::StatusOr<v1::Inode> FsClient::Symlink(uint64_t parent,
-                                            absl::string_view name,
-                                            absl::string_view target,
-                                            uint32_t uid, uint32_t gid) {
+absl::StatusOr<v1::Inode> FsClient::Symlink(
+    uint64_t parent, absl::string_view name, absl::string_view target,
+    uint32_t uid, uint32_t gid, std::vector<v1::Inode>* dirs_after) {
   v1::SymlinkRequest request;
   request.set_parent(parent);
   request.set_name(std::string(name));
@@ -241,6 +272,7 @@ absl::StatusOr<v1::Inode> FsClient::Symlink(uint64_t parent,
   request.set_gid(gid);
   v1::InodeReply reply;
   RETURN_IF_ERROR(DSEC_META_CALL(Symlink, request, reply));
+  CopyDirs(reply.mutable_dirs(), dirs_after);
   return std::move(*reply.mutable_inode());
 }
 
@@ -318,6 +350,17 @@ absl::Status FsClient::Fsync(uint64_t ino, uint64_t new_size) {
     status = DSEC_META_CALL(Fsync, request, reply);
   }
   return status;
+}
+
+absl::Status FsClient::CloseMany(const std::vector<uint64_t>& inos) {
+  for (size_t i = 0; i < inos.size(); i += kMaxCloseMany) {
+    v1::CloseManyRequest request;
+    size_t end = std::min(inos.size(), i + kMaxCloseMany);
+    request.mutable_inos()->Add(inos.begin() + i, inos.begin() + end);
+    v1::CloseManyResponse reply;
+    RETURN_IF_ERROR(DSEC_META_CALL(CloseMany, request, reply));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<uint64_t> FsClient::Seal(uint64_t ino, bool recursive) {

@@ -90,22 +90,29 @@ class FsClient {
   // kSetSize also cuts or removes the chunks past the new length (shrink:
   // the length is committed first, then the data goes).
   absl::StatusOr<v1::Inode> SetAttr(uint64_t ino, const SetAttrArgs& args);
+  // Namespace calls fill `dirs_after`, when given, with the directories they
+  // changed, as the meta server committed them.
   absl::StatusOr<v1::Inode> Mkdir(uint64_t parent, absl::string_view name,
-                                  uint32_t mode, uint32_t uid, uint32_t gid);
-  absl::Status Rmdir(uint64_t parent, absl::string_view name);
+                                  uint32_t mode, uint32_t uid, uint32_t gid,
+                                  std::vector<v1::Inode>* dirs_after = nullptr);
+  absl::Status Rmdir(uint64_t parent, absl::string_view name,
+                     std::vector<v1::Inode>* dirs_after = nullptr);
   // With `open`, the file is also opened for writing (pair with Close).
-  absl::StatusOr<v1::Inode> Create(uint64_t parent, absl::string_view name,
-                                   uint32_t mode, uint32_t uid, uint32_t gid,
-                                   bool open);
-  absl::Status Unlink(uint64_t parent, absl::string_view name);
+  absl::StatusOr<v1::Inode> Create(
+      uint64_t parent, absl::string_view name, uint32_t mode, uint32_t uid,
+      uint32_t gid, bool open, std::vector<v1::Inode>* dirs_after = nullptr);
+  absl::Status Unlink(uint64_t parent, absl::string_view name,
+                      std::vector<v1::Inode>* dirs_after = nullptr);
   absl::Status Rename(uint64_t old_parent, absl::string_view old_name,
                       uint64_t new_parent, absl::string_view new_name,
-                      uint32_t flags = 0);
+                      uint32_t flags = 0,
+                      std::vector<v1::Inode>* dirs_after = nullptr);
   absl::StatusOr<v1::Inode> Link(uint64_t ino, uint64_t new_parent,
-                                 absl::string_view new_name);
-  absl::StatusOr<v1::Inode> Symlink(uint64_t parent, absl::string_view name,
-                                    absl::string_view target, uint32_t uid,
-                                    uint32_t gid);
+                                 absl::string_view new_name,
+                                 std::vector<v1::Inode>* dirs_after = nullptr);
+  absl::StatusOr<v1::Inode> Symlink(
+      uint64_t parent, absl::string_view name, absl::string_view target,
+      uint32_t uid, uint32_t gid, std::vector<v1::Inode>* dirs_after = nullptr);
   absl::StatusOr<std::string> Readlink(uint64_t ino);
   absl::StatusOr<ReadDirPage> ReadDir(uint64_t ino, absl::string_view cursor,
                                       size_t max_entries);
@@ -115,6 +122,9 @@ class FsClient {
   // again and repeat the call once.
   absl::Status Close(uint64_t ino, std::optional<uint64_t> new_size);
   absl::Status Fsync(uint64_t ino, uint64_t new_size);
+  // Closes handles that have nothing to commit, in as few calls as
+  // kMaxCloseMany allows; handles the server no longer knows are skipped.
+  absl::Status CloseMany(const std::vector<uint64_t>& inos);
   // Returns how many inodes were sealed.
   absl::StatusOr<uint64_t> Seal(uint64_t ino, bool recursive);
 

@@ -231,6 +231,88 @@ TEST_F(FsMountTest, UnlinkOfOpenFileKeepsDataUntilClose) {
   EXPECT_TRUE(absl::IsNotFound(status)) << status;
 }
 
+TEST_F(FsMountTest, DirectoryAttributesFollowNamespaceChanges) {
+  FsClient& c = cluster_->client();
+  ASSERT_EQ(mkdir(P("d").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(P("e").c_str(), 0755), 0);
+  struct stat d, e;
+  ASSERT_EQ(stat(P("d").c_str(), &d), 0);
+  ASSERT_EQ(stat(P("e").c_str(), &e), 0);
+  // What stat shows for a directory right after a change through the mount
+  // is what the meta server holds.
+  auto expect_current = [&](const std::string& path) {
+    struct stat st;
+    ASSERT_EQ(stat(path.c_str(), &st), 0) << path;
+    ASSERT_OK_AND_ASSIGN(v1::Inode server, c.GetAttr(st.st_ino));
+    EXPECT_EQ(st.st_nlink, server.nlink()) << path;
+    EXPECT_EQ(static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 +
+                  st.st_mtim.tv_nsec,
+              server.mtime_ns())
+        << path;
+    EXPECT_EQ(st.st_mode & 07777, server.mode()) << path;
+  };
+  absl::SleepFor(absl::Milliseconds(5));
+  int fd = open(P("d/f").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(close(fd), 0);
+  expect_current(P("d"));
+  ASSERT_EQ(mkdir(P("d/sub").c_str(), 0700), 0);
+  expect_current(P("d"));
+  struct stat st;
+  ASSERT_EQ(stat(P("d").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 3u);
+  ASSERT_EQ(rename(P("d/sub").c_str(), P("e/sub").c_str()), 0);
+  expect_current(P("d"));
+  expect_current(P("e"));
+  ASSERT_EQ(stat(P("e").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 3u);
+  ASSERT_EQ(link(P("d/f").c_str(), P("e/g").c_str()), 0);
+  ASSERT_EQ(symlink("f", P("d/l").c_str()), 0);
+  ASSERT_EQ(unlink(P("d/f").c_str()), 0);
+  expect_current(P("d"));
+  expect_current(P("e"));
+  ASSERT_EQ(chmod(P("d").c_str(), 0711), 0);
+  expect_current(P("d"));
+  // A failed call leaves nothing stale behind.
+  ASSERT_NE(rmdir(P("e").c_str()), 0);
+  EXPECT_EQ(errno, ENOTEMPTY);
+  expect_current(P("e"));
+  // A change by another client shows within the attribute timeout.
+  ASSERT_OK(c.Create(d.st_ino, "native", 0644, 0, 0, /*open=*/false).status());
+  absl::SleepFor(absl::Milliseconds(1100));
+  expect_current(P("d"));
+}
+
+TEST_F(FsMountTest, HeldBackClosesReachTheMetaServer) {
+  // Handles with nothing to commit are closed in batches, later: every one
+  // must still arrive, so unlinked files do not linger as orphans.
+  constexpr int kFiles = 300;
+  std::vector<ino_t> inos;
+  for (int i = 0; i < kFiles; ++i) {
+    std::string path = P(absl::StrCat("f", i));
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+    ASSERT_GE(fd, 0) << path;
+    ASSERT_EQ(close(fd), 0);
+    fd = open(path.c_str(), O_RDONLY);  // and a reader
+    ASSERT_GE(fd, 0) << path;
+    ASSERT_EQ(close(fd), 0);
+    struct stat st;
+    ASSERT_EQ(stat(path.c_str(), &st), 0);
+    inos.push_back(st.st_ino);
+    ASSERT_EQ(unlink(path.c_str()), 0);
+  }
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  for (ino_t ino : inos) {
+    absl::Status status;
+    do {
+      status = cluster_->client().GetAttr(ino).status();
+      if (absl::IsNotFound(status)) break;
+      absl::SleepFor(absl::Milliseconds(10));
+    } while (absl::Now() < deadline);
+    EXPECT_TRUE(absl::IsNotFound(status)) << "inode " << ino << ": " << status;
+  }
+}
+
 TEST_F(FsMountTest, SparseFilesAndHolesReadAsZeros) {
   int fd = open(P("sparse").c_str(), O_RDWR | O_CREAT, 0644);
   ASSERT_GE(fd, 0);

@@ -26,6 +26,8 @@ inline constexpr char kErrnoMetadataKey[] = "dsec-errno";
 // Largest message a dsec-fs endpoint sends or accepts: a whole 64 MiB chunk
 // plus framing.
 inline constexpr int kMaxFsMessageBytes = (64 << 20) + (1 << 20);
+// Most handles one CloseMany call may close.
+inline constexpr int kMaxCloseMany = 4096;
 
 grpc::Status ToGrpcFsStatus(grpc::ServerContext* context,
                             const absl::Status& status);

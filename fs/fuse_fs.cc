@@ -39,6 +39,11 @@ namespace dsec::fs {
 namespace {
 
 constexpr uint64_t kNoOffset = std::numeric_limits<uint64_t>::max();
+// Noted directory states kept at most (see FuseMount::Impl::NoteDirs).
+constexpr size_t kMaxNotedDirs = 1 << 16;
+// Held-back closes: sent after this long, or at once when this many wait.
+constexpr absl::Duration kCloseHoldBack = absl::Milliseconds(5);
+constexpr size_t kCloseBatch = 256;
 
 int64_t NowNs() { return absl::ToUnixNanos(absl::Now()); }
 
@@ -349,6 +354,40 @@ class FuseMount::Impl {
   absl::flat_hash_map<std::pair<uint64_t, std::string>, uint64_t>
       sealed_children_ ABSL_GUARDED_BY(sealed_mu_);
 
+  // Directories as the namespace calls through this mount left them, and
+  // when. After every create, unlink or rename in a directory the kernel
+  // drops its attributes and asks for them again before the next path walk
+  // (default_permissions needs them); the call's reply already carried
+  // them, so GetAttr answers from here while they are younger than
+  // attr_timeout, exactly as long as the kernel itself would have cached
+  // them.
+  void NoteDirs(std::vector<v1::Inode> dirs);
+  // After a namespace call: notes the directories it returned, or forgets
+  // `touched` when it failed (it may have changed them all the same).
+  void AfterNamespaceCall(const absl::Status& status,
+                          std::vector<v1::Inode> dirs,
+                          std::initializer_list<uint64_t> touched);
+  void ForgetDir(uint64_t ino);
+  // The directory and how long it stays fresh, if noted recently.
+  std::optional<std::pair<v1::Inode, absl::Duration>> FreshDir(uint64_t ino);
+  absl::Mutex dirs_mu_;
+  absl::flat_hash_map<uint64_t, std::pair<v1::Inode, absl::Time>> dirs_
+      ABSL_GUARDED_BY(dirs_mu_);
+
+  // Closes of handles with nothing to commit (read-only opens, files
+  // created or opened but never written) are held back up to
+  // kCloseHoldBack and sent together with CloseMany by closer_: the
+  // application does not wait for a release anyway, and one call per close
+  // costs the meta server and this process a round trip each. The meta
+  // server only learns later that the handle is gone: an unlink in between
+  // keeps the inode as an orphan, which the held-back close then reclaims.
+  void DeferClose(uint64_t ino);
+  void CloserLoop();
+  absl::Mutex close_mu_;
+  std::vector<uint64_t> pending_closes_ ABSL_GUARDED_BY(close_mu_);
+  bool closer_stop_ ABSL_GUARDED_BY(close_mu_) = false;
+  std::thread closer_;
+
   absl::Mutex cache_mu_;
   // ino -> (mtime_ns, size) when last opened.
   absl::flat_hash_map<uint64_t, std::pair<int64_t, uint64_t>> cache_keys_
@@ -408,6 +447,85 @@ std::optional<v1::Inode> FuseMount::Impl::SealedInode(uint64_t ino) {
   auto it = sealed_.find(ino);
   if (it == sealed_.end()) return std::nullopt;
   return it->second;
+}
+
+void FuseMount::Impl::NoteDirs(std::vector<v1::Inode> dirs) {
+  if (dirs.empty()) return;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&dirs_mu_);
+  if (dirs_.size() > kMaxNotedDirs) {
+    // Drop the stale ones; if all are fresh, start over.
+    absl::erase_if(dirs_, [&](const auto& kv) {
+      return now - kv.second.second >= options_.attr_timeout;
+    });
+    if (dirs_.size() > kMaxNotedDirs) dirs_.clear();
+  }
+  for (v1::Inode& dir : dirs) {
+    auto [it, inserted] = dirs_.try_emplace(dir.id(), dir, now);
+    // Concurrent calls in one directory may reply out of order: keep the
+    // later state (the server stamps ctime on every change).
+    if (!inserted && dir.ctime_ns() >= it->second.first.ctime_ns()) {
+      it->second = {std::move(dir), now};
+    }
+  }
+}
+
+void FuseMount::Impl::AfterNamespaceCall(
+    const absl::Status& status, std::vector<v1::Inode> dirs,
+    std::initializer_list<uint64_t> touched) {
+  if (status.ok()) return NoteDirs(std::move(dirs));
+  for (uint64_t ino : touched) ForgetDir(ino);
+}
+
+void FuseMount::Impl::ForgetDir(uint64_t ino) {
+  absl::MutexLock lock(&dirs_mu_);
+  dirs_.erase(ino);
+}
+
+std::optional<std::pair<v1::Inode, absl::Duration>> FuseMount::Impl::FreshDir(
+    uint64_t ino) {
+  absl::MutexLock lock(&dirs_mu_);
+  auto it = dirs_.find(ino);
+  if (it == dirs_.end()) return std::nullopt;
+  absl::Duration left =
+      options_.attr_timeout - (absl::Now() - it->second.second);
+  if (left <= absl::ZeroDuration()) {
+    dirs_.erase(it);
+    return std::nullopt;
+  }
+  return std::make_pair(it->second.first, left);
+}
+
+void FuseMount::Impl::DeferClose(uint64_t ino) {
+  absl::MutexLock lock(&close_mu_);
+  pending_closes_.push_back(ino);
+}
+
+void FuseMount::Impl::CloserLoop() {
+  while (true) {
+    std::vector<uint64_t> batch;
+    {
+      absl::MutexLock lock(&close_mu_);
+      auto some = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(close_mu_) {
+        return !pending_closes_.empty() || closer_stop_;
+      };
+      close_mu_.Await(absl::Condition(&some));
+      if (pending_closes_.empty()) return;  // stopping, nothing left
+      if (!closer_stop_) {
+        // Let a burst gather; a full batch goes at once.
+        auto full = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(close_mu_) {
+          return pending_closes_.size() >= kCloseBatch || closer_stop_;
+        };
+        close_mu_.AwaitWithTimeout(absl::Condition(&full), kCloseHoldBack);
+      }
+      batch.swap(pending_closes_);
+    }
+    absl::Status status = client_->CloseMany(batch);
+    if (!status.ok()) {
+      DSEC_LOG_WARN("dsec-mount: closing {} handles: {}", batch.size(),
+                    status.ToString());
+    }
+  }
 }
 
 void FuseMount::Impl::ReplyEntry(fuse_req_t req, const v1::Inode& inode) {
@@ -595,6 +713,9 @@ void FuseMount::Impl::GetAttr(fuse_req_t req, fuse_ino_t ino,
   absl::StatusOr<v1::Inode> inode;
   if (std::optional<v1::Inode> sealed = self->SealedInode(ino)) {
     inode = std::move(*sealed);
+  } else if (auto dir = self->FreshDir(ino)) {
+    struct stat st = self->ToStat(dir->first);
+    return (void)fuse_reply_attr(req, &st, absl::ToDoubleSeconds(dir->second));
   } else {
     inode = self->client_->GetAttr(ino);
   }
@@ -652,6 +773,7 @@ void FuseMount::Impl::SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr,
     }
     self->ForgetCacheKey(ino);
   }
+  self->ForgetDir(ino);
   absl::StatusOr<v1::Inode> inode = self->client_->SetAttr(ino, args);
   if (!inode.ok()) return ReplyError(req, inode.status());
   if (to_set & FUSE_SET_ATTR_SIZE) {
@@ -680,38 +802,55 @@ void FuseMount::Impl::Mknod(fuse_req_t req, fuse_ino_t parent, const char* name,
                                    "directories and symlinks"));
   }
   const fuse_ctx* ctx = fuse_req_ctx(req);
-  absl::StatusOr<v1::Inode> inode = Of(req)->client_->Create(
-      parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/false);
+  Impl* self = Of(req);
+  std::vector<v1::Inode> dirs;
+  absl::StatusOr<v1::Inode> inode = self->client_->Create(
+      parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/false, &dirs);
+  self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
   if (!inode.ok()) return ReplyError(req, inode.status());
-  Of(req)->ReplyEntry(req, *inode);
+  self->ReplyEntry(req, *inode);
 }
 
 void FuseMount::Impl::Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name,
                             mode_t mode) {
   const fuse_ctx* ctx = fuse_req_ctx(req);
-  absl::StatusOr<v1::Inode> inode =
-      Of(req)->client_->Mkdir(parent, name, mode & 07777, ctx->uid, ctx->gid);
+  Impl* self = Of(req);
+  std::vector<v1::Inode> dirs;
+  absl::StatusOr<v1::Inode> inode = self->client_->Mkdir(
+      parent, name, mode & 07777, ctx->uid, ctx->gid, &dirs);
+  self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
   if (!inode.ok()) return ReplyError(req, inode.status());
-  Of(req)->ReplyEntry(req, *inode);
+  self->ReplyEntry(req, *inode);
 }
 
 void FuseMount::Impl::Unlink(fuse_req_t req, fuse_ino_t parent,
                              const char* name) {
-  fuse_reply_err(req, ErrnoOf(Of(req)->client_->Unlink(parent, name)));
+  Impl* self = Of(req);
+  std::vector<v1::Inode> dirs;
+  absl::Status status = self->client_->Unlink(parent, name, &dirs);
+  self->AfterNamespaceCall(status, std::move(dirs), {parent});
+  fuse_reply_err(req, ErrnoOf(status));
 }
 
 void FuseMount::Impl::Rmdir(fuse_req_t req, fuse_ino_t parent,
                             const char* name) {
-  fuse_reply_err(req, ErrnoOf(Of(req)->client_->Rmdir(parent, name)));
+  Impl* self = Of(req);
+  std::vector<v1::Inode> dirs;
+  absl::Status status = self->client_->Rmdir(parent, name, &dirs);
+  self->AfterNamespaceCall(status, std::move(dirs), {parent});
+  fuse_reply_err(req, ErrnoOf(status));
 }
 
 void FuseMount::Impl::Symlink(fuse_req_t req, const char* link,
                               fuse_ino_t parent, const char* name) {
   const fuse_ctx* ctx = fuse_req_ctx(req);
+  Impl* self = Of(req);
+  std::vector<v1::Inode> dirs;
   absl::StatusOr<v1::Inode> inode =
-      Of(req)->client_->Symlink(parent, name, link, ctx->uid, ctx->gid);
+      self->client_->Symlink(parent, name, link, ctx->uid, ctx->gid, &dirs);
+  self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
   if (!inode.ok()) return ReplyError(req, inode.status());
-  Of(req)->ReplyEntry(req, *inode);
+  self->ReplyEntry(req, *inode);
 }
 
 void FuseMount::Impl::Rename(fuse_req_t req, fuse_ino_t parent,
@@ -723,16 +862,23 @@ void FuseMount::Impl::Rename(fuse_req_t req, fuse_ino_t parent,
   uint32_t f = 0;
   if (flags & RENAME_NOREPLACE) f |= kRenameNoReplace;
   if (flags & RENAME_EXCHANGE) f |= kRenameExchange;
-  fuse_reply_err(req, ErrnoOf(Of(req)->client_->Rename(parent, name, newparent,
-                                                       newname, f)));
+  Impl* self = Of(req);
+  std::vector<v1::Inode> dirs;
+  absl::Status status =
+      self->client_->Rename(parent, name, newparent, newname, f, &dirs);
+  self->AfterNamespaceCall(status, std::move(dirs), {parent, newparent});
+  fuse_reply_err(req, ErrnoOf(status));
 }
 
 void FuseMount::Impl::Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
                            const char* newname) {
+  Impl* self = Of(req);
+  std::vector<v1::Inode> dirs;
   absl::StatusOr<v1::Inode> inode =
-      Of(req)->client_->Link(ino, newparent, newname);
+      self->client_->Link(ino, newparent, newname, &dirs);
+  self->AfterNamespaceCall(inode.status(), std::move(dirs), {newparent});
   if (!inode.ok()) return ReplyError(req, inode.status());
-  Of(req)->ReplyEntry(req, *inode);
+  self->ReplyEntry(req, *inode);
 }
 
 void FuseMount::Impl::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -780,8 +926,10 @@ void FuseMount::Impl::Create(fuse_req_t req, fuse_ino_t parent,
                              fuse_file_info* fi) {
   Impl* self = Of(req);
   const fuse_ctx* ctx = fuse_req_ctx(req);
+  std::vector<v1::Inode> dirs;
   absl::StatusOr<v1::Inode> inode = self->client_->Create(
-      parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/true);
+      parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/true, &dirs);
+  self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
   if (!inode.ok()) return ReplyError(req, inode.status());
   auto h = std::make_unique<FileHandle>();
   h->ino = inode->id();
@@ -949,7 +1097,9 @@ void FuseMount::Impl::Release(fuse_req_t req, fuse_ino_t ino,
     status = self->FlushBuffer(*h);
     std::optional<uint64_t> size;
     if (h->size_dirty && status.ok()) size = h->size;
-    if (!h->untracked) {
+    if (!h->untracked && !size.has_value() && status.ok()) {
+      self->DeferClose(ino);
+    } else if (!h->untracked) {
       absl::Status closed = self->client_->Close(ino, size);
       if (status.ok()) status = closed;
     }
@@ -1098,6 +1248,7 @@ absl::Status FuseMount::Impl::Mount() {
         ": needs an existing directory, /dev/fuse and root (see stderr)"));
   }
   mounted_ = true;
+  closer_ = std::thread([this] { CloserLoop(); });
   // Armed from here: a crash of this process aborts the connection (see
   // "crash safety" above). Found through mountinfo, as a stat() of the
   // mountpoint would wait for a loop that is not running yet.
@@ -1179,6 +1330,13 @@ void FuseMount::Impl::Shutdown() {
   if (thread_.joinable()) {
     Stop();
     thread_.join();
+  }
+  if (closer_.joinable()) {
+    {
+      absl::MutexLock lock(&close_mu_);
+      closer_stop_ = true;
+    }
+    closer_.join();  // sends what is still held back
   }
   if (signal_handlers_) fuse_remove_signal_handlers(session_);
   if (mounted_) fuse_session_unmount(session_);

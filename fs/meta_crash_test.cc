@@ -66,7 +66,7 @@ class MetaClient {
     r.set_old_name(from);
     r.set_new_parent(dir);
     r.set_new_name(to);
-    v1::EmptyReply reply;
+    v1::NamespaceReply reply;
     grpc::ClientContext ctx;
     SetDeadline(ctx);
     return FromGrpcFsStatus(ctx, stub_->Rename(&ctx, r, &reply));

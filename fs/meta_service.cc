@@ -5,8 +5,12 @@
 #include <deque>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
 #include "common/status_macros.h"
 #include "fs/fs_error.h"
 #include "fs/fs_rpc.h"
@@ -32,10 +36,28 @@ absl::Status CheckName(absl::string_view name, absl::string_view field) {
                                           std::string(s.message())));
 }
 
-// Runs `fn` (returning absl::Status) and converts for the wire.
+metrics::Histogram* RequestSeconds() {
+  static metrics::Histogram* histogram =
+      metrics::Registry::Default().AddHistogram(
+          "dsec_fs_meta_request_seconds",
+          "Time in the meta service's handlers (after gRPC), by method.",
+          {"method"}, metrics::LatencyBuckets());
+  return histogram;
+}
+
+void SetDirs(std::vector<v1::Inode> dirs,
+             google::protobuf::RepeatedPtrField<v1::Inode>* out) {
+  for (v1::Inode& dir : dirs) *out->Add() = std::move(dir);
+}
+
+// Runs `fn` (returning absl::Status), times it and converts for the wire.
 template <typename Fn>
-grpc::Status Serve(grpc::ServerContext* context, Fn&& fn) {
-  return ToGrpcFsStatus(context, fn());
+grpc::Status Serve(grpc::ServerContext* context, const char* method, Fn&& fn) {
+  absl::Time start = absl::Now();
+  absl::Status status = fn();
+  RequestSeconds()->Observe({method},
+                            absl::ToDoubleSeconds(absl::Now() - start));
+  return ToGrpcFsStatus(context, status);
 }
 
 }  // namespace
@@ -94,11 +116,16 @@ FsMetaService::FsMetaService(MetaStore* store, const ClusterManager* cluster)
 grpc::Status FsMetaService::Lookup(grpc::ServerContext* context,
                                    const v1::LookupRequest* request,
                                    v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Lookup", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->parent(), "parent"));
     RETURN_IF_ERROR(CheckName(request->name(), "name"));
-    ASSIGN_OR_RETURN(*reply->mutable_inode(),
-                     store_->Lookup(request->parent(), request->name()));
+    absl::StatusOr<v1::Inode> inode =
+        store_->Lookup(request->parent(), request->name());
+    if (request->missing_ok() && ErrnoOf(inode.status()) == ENOENT) {
+      return absl::OkStatus();  // no inode in the reply
+    }
+    RETURN_IF_ERROR(inode.status());
+    *reply->mutable_inode() = std::move(*inode);
     return absl::OkStatus();
   });
 }
@@ -106,7 +133,7 @@ grpc::Status FsMetaService::Lookup(grpc::ServerContext* context,
 grpc::Status FsMetaService::GetAttr(grpc::ServerContext* context,
                                     const v1::GetAttrRequest* request,
                                     v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "GetAttr", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     ASSIGN_OR_RETURN(*reply->mutable_inode(), store_->GetAttr(request->ino()));
     return absl::OkStatus();
@@ -131,7 +158,7 @@ absl::StatusOr<v1::Inode> FsMetaService::ResolvePathImpl(
 grpc::Status FsMetaService::ResolvePath(grpc::ServerContext* context,
                                         const v1::ResolvePathRequest* request,
                                         v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "ResolvePath", [&]() -> absl::Status {
     ASSIGN_OR_RETURN(*reply->mutable_inode(), ResolvePathImpl(request->path()));
     return absl::OkStatus();
   });
@@ -140,7 +167,7 @@ grpc::Status FsMetaService::ResolvePath(grpc::ServerContext* context,
 grpc::Status FsMetaService::SetAttr(grpc::ServerContext* context,
                                     const v1::SetAttrRequest* request,
                                     v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "SetAttr", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     if (request->mask() & ~kAllSetAttrBits) {
       return FsError(
@@ -164,79 +191,94 @@ grpc::Status FsMetaService::SetAttr(grpc::ServerContext* context,
 grpc::Status FsMetaService::Mkdir(grpc::ServerContext* context,
                                   const v1::MkdirRequest* request,
                                   v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Mkdir", [&]() -> absl::Status {
+    std::vector<v1::Inode> dirs;
     RETURN_IF_ERROR(CheckIno(request->parent(), "parent"));
     RETURN_IF_ERROR(CheckName(request->name(), "name"));
     ASSIGN_OR_RETURN(
         *reply->mutable_inode(),
         store_->Mkdir(request->parent(), request->name(), request->mode(),
-                      request->uid(), request->gid()));
+                      request->uid(), request->gid(), &dirs));
+    SetDirs(std::move(dirs), reply->mutable_dirs());
     return absl::OkStatus();
   });
 }
 
 grpc::Status FsMetaService::Rmdir(grpc::ServerContext* context,
                                   const v1::RemoveRequest* request,
-                                  v1::EmptyReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+                                  v1::NamespaceReply* reply) {
+  return Serve(context, "Rmdir", [&]() -> absl::Status {
+    std::vector<v1::Inode> dirs;
     RETURN_IF_ERROR(CheckIno(request->parent(), "parent"));
     RETURN_IF_ERROR(CheckName(request->name(), "name"));
-    return store_->Rmdir(request->parent(), request->name());
+    RETURN_IF_ERROR(store_->Rmdir(request->parent(), request->name(), &dirs));
+    SetDirs(std::move(dirs), reply->mutable_dirs());
+    return absl::OkStatus();
   });
 }
 
 grpc::Status FsMetaService::Create(grpc::ServerContext* context,
                                    const v1::CreateRequest* request,
                                    v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Create", [&]() -> absl::Status {
+    std::vector<v1::Inode> dirs;
     RETURN_IF_ERROR(CheckIno(request->parent(), "parent"));
     RETURN_IF_ERROR(CheckName(request->name(), "name"));
     ASSIGN_OR_RETURN(
         v1::Inode inode,
         store_->Create(request->parent(), request->name(), request->mode(),
-                       request->uid(), request->gid()));
+                       request->uid(), request->gid(), &dirs));
     if (request->open()) {
       ASSIGN_OR_RETURN(inode, store_->Open(inode.id(), /*for_write=*/true));
     }
     *reply->mutable_inode() = std::move(inode);
+    SetDirs(std::move(dirs), reply->mutable_dirs());
     return absl::OkStatus();
   });
 }
 
 grpc::Status FsMetaService::Unlink(grpc::ServerContext* context,
                                    const v1::RemoveRequest* request,
-                                   v1::EmptyReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+                                   v1::NamespaceReply* reply) {
+  return Serve(context, "Unlink", [&]() -> absl::Status {
+    std::vector<v1::Inode> dirs;
     RETURN_IF_ERROR(CheckIno(request->parent(), "parent"));
     RETURN_IF_ERROR(CheckName(request->name(), "name"));
-    return store_->Unlink(request->parent(), request->name());
+    RETURN_IF_ERROR(store_->Unlink(request->parent(), request->name(), &dirs));
+    SetDirs(std::move(dirs), reply->mutable_dirs());
+    return absl::OkStatus();
   });
 }
 
 grpc::Status FsMetaService::Rename(grpc::ServerContext* context,
                                    const v1::RenameRequest* request,
-                                   v1::EmptyReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+                                   v1::NamespaceReply* reply) {
+  return Serve(context, "Rename", [&]() -> absl::Status {
+    std::vector<v1::Inode> dirs;
     RETURN_IF_ERROR(CheckIno(request->old_parent(), "old_parent"));
     RETURN_IF_ERROR(CheckName(request->old_name(), "old_name"));
     RETURN_IF_ERROR(CheckIno(request->new_parent(), "new_parent"));
     RETURN_IF_ERROR(CheckName(request->new_name(), "new_name"));
-    return store_->Rename(request->old_parent(), request->old_name(),
-                          request->new_parent(), request->new_name(),
-                          request->flags());
+    RETURN_IF_ERROR(store_->Rename(request->old_parent(), request->old_name(),
+                                   request->new_parent(), request->new_name(),
+                                   request->flags(), &dirs));
+    SetDirs(std::move(dirs), reply->mutable_dirs());
+    return absl::OkStatus();
   });
 }
 
 grpc::Status FsMetaService::Link(grpc::ServerContext* context,
                                  const v1::LinkRequest* request,
                                  v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Link", [&]() -> absl::Status {
+    std::vector<v1::Inode> dirs;
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     RETURN_IF_ERROR(CheckIno(request->new_parent(), "new_parent"));
     RETURN_IF_ERROR(CheckName(request->new_name(), "new_name"));
     ASSIGN_OR_RETURN(*reply->mutable_inode(),
                      store_->Link(request->ino(), request->new_parent(),
-                                  request->new_name()));
+                                  request->new_name(), &dirs));
+    SetDirs(std::move(dirs), reply->mutable_dirs());
     return absl::OkStatus();
   });
 }
@@ -244,13 +286,15 @@ grpc::Status FsMetaService::Link(grpc::ServerContext* context,
 grpc::Status FsMetaService::Symlink(grpc::ServerContext* context,
                                     const v1::SymlinkRequest* request,
                                     v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Symlink", [&]() -> absl::Status {
+    std::vector<v1::Inode> dirs;
     RETURN_IF_ERROR(CheckIno(request->parent(), "parent"));
     RETURN_IF_ERROR(CheckName(request->name(), "name"));
     ASSIGN_OR_RETURN(
         *reply->mutable_inode(),
         store_->Symlink(request->parent(), request->name(), request->target(),
-                        request->uid(), request->gid()));
+                        request->uid(), request->gid(), &dirs));
+    SetDirs(std::move(dirs), reply->mutable_dirs());
     return absl::OkStatus();
   });
 }
@@ -258,7 +302,7 @@ grpc::Status FsMetaService::Symlink(grpc::ServerContext* context,
 grpc::Status FsMetaService::Readlink(grpc::ServerContext* context,
                                      const v1::ReadlinkRequest* request,
                                      v1::ReadlinkResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Readlink", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     ASSIGN_OR_RETURN(*reply->mutable_target(),
                      store_->Readlink(request->ino()));
@@ -269,7 +313,7 @@ grpc::Status FsMetaService::Readlink(grpc::ServerContext* context,
 grpc::Status FsMetaService::ReadDir(grpc::ServerContext* context,
                                     const v1::ReadDirRequest* request,
                                     v1::ReadDirResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "ReadDir", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     uint32_t max = request->max_entries();
     if (max == 0) max = kDefaultReadDirEntries;
@@ -293,7 +337,7 @@ grpc::Status FsMetaService::ReadDir(grpc::ServerContext* context,
 grpc::Status FsMetaService::StatFs(grpc::ServerContext* context,
                                    const v1::StatFsRequest* request,
                                    v1::StatFsResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "StatFs", [&]() -> absl::Status {
     ASSIGN_OR_RETURN(*reply->mutable_stat(), store_->StatFs());
     if (cluster_ != nullptr) {
       reply->set_chunk_bytes_used(cluster_->AliveUsedBytes());
@@ -305,7 +349,7 @@ grpc::Status FsMetaService::StatFs(grpc::ServerContext* context,
 grpc::Status FsMetaService::Open(grpc::ServerContext* context,
                                  const v1::OpenRequest* request,
                                  v1::InodeReply* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Open", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     ASSIGN_OR_RETURN(*reply->mutable_inode(),
                      store_->Open(request->ino(), request->for_write()));
@@ -316,7 +360,7 @@ grpc::Status FsMetaService::Open(grpc::ServerContext* context,
 grpc::Status FsMetaService::Close(grpc::ServerContext* context,
                                   const v1::CloseRequest* request,
                                   v1::CloseResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Close", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     std::optional<uint64_t> size;
     if (request->has_size()) size = request->size();
@@ -324,10 +368,34 @@ grpc::Status FsMetaService::Close(grpc::ServerContext* context,
   });
 }
 
+grpc::Status FsMetaService::CloseMany(grpc::ServerContext* context,
+                                      const v1::CloseManyRequest* request,
+                                      v1::CloseManyResponse* reply) {
+  return Serve(context, "CloseMany", [&]() -> absl::Status {
+    if (request->inos_size() > kMaxCloseMany) {
+      return FsError(EINVAL,
+                     absl::StrCat("close_many: ", request->inos_size(),
+                                  " handles, more than ", kMaxCloseMany));
+    }
+    for (uint64_t ino : request->inos()) RETURN_IF_ERROR(CheckIno(ino, "inos"));
+    uint32_t unknown = 0;
+    for (uint64_t ino : request->inos()) {
+      absl::Status s = store_->Close(ino, std::nullopt);
+      if (ErrnoOf(s) == EBADF) {
+        ++unknown;
+      } else if (!s.ok()) {
+        return s;
+      }
+    }
+    reply->set_unknown(unknown);
+    return absl::OkStatus();
+  });
+}
+
 grpc::Status FsMetaService::Fsync(grpc::ServerContext* context,
                                   const v1::FsyncRequest* request,
                                   v1::FsyncResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Fsync", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     return store_->Fsync(request->ino(), request->size());
   });
@@ -368,7 +436,7 @@ absl::StatusOr<uint64_t> FsMetaService::SealImpl(uint64_t ino, bool recursive) {
 grpc::Status FsMetaService::Seal(grpc::ServerContext* context,
                                  const v1::SealRequest* request,
                                  v1::SealResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Seal", [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckIno(request->ino(), "ino"));
     ASSIGN_OR_RETURN(uint64_t sealed,
                      SealImpl(request->ino(), request->recursive()));
@@ -387,7 +455,7 @@ FsClusterService::FsClusterService(ClusterManager* cluster)
 grpc::Status FsClusterService::RegisterChunkServer(
     grpc::ServerContext* context, const v1::RegisterChunkServerRequest* request,
     v1::RegisterChunkServerResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "RegisterChunkServer", [&]() -> absl::Status {
     ASSIGN_OR_RETURN(
         *reply->mutable_table(),
         cluster_->Register(request->node_id(), request->address()));
@@ -400,7 +468,7 @@ grpc::Status FsClusterService::RegisterChunkServer(
 grpc::Status FsClusterService::Heartbeat(
     grpc::ServerContext* context, const v1::ChunkHeartbeatRequest* request,
     v1::ChunkHeartbeatResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "Heartbeat", [&]() -> absl::Status {
     ASSIGN_OR_RETURN(*reply, cluster_->Heartbeat(*request));
     return absl::OkStatus();
   });
@@ -409,7 +477,7 @@ grpc::Status FsClusterService::Heartbeat(
 grpc::Status FsClusterService::ReportSyncDone(
     grpc::ServerContext* context, const v1::ReportSyncDoneRequest* request,
     v1::ReportSyncDoneResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "ReportSyncDone", [&]() -> absl::Status {
     ASSIGN_OR_RETURN(*reply->mutable_table(),
                      cluster_->SyncDone(request->node_id(), request->chain_id(),
                                         request->chain_version()));
@@ -420,7 +488,7 @@ grpc::Status FsClusterService::ReportSyncDone(
 grpc::Status FsClusterService::GetChainTable(
     grpc::ServerContext* context, const v1::GetChainTableRequest* request,
     v1::GetChainTableResponse* reply) {
-  return Serve(context, [&]() -> absl::Status {
+  return Serve(context, "GetChainTable", [&]() -> absl::Status {
     v1::ChainTable table = cluster_->Table();
     if (request->known_version() == 0 ||
         table.version() > request->known_version()) {

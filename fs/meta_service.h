@@ -60,16 +60,16 @@ class FsMetaService final : public v1::FsMetaService::Service {
                      v1::InodeReply* reply) override;
   grpc::Status Rmdir(grpc::ServerContext* context,
                      const v1::RemoveRequest* request,
-                     v1::EmptyReply* reply) override;
+                     v1::NamespaceReply* reply) override;
   grpc::Status Create(grpc::ServerContext* context,
                       const v1::CreateRequest* request,
                       v1::InodeReply* reply) override;
   grpc::Status Unlink(grpc::ServerContext* context,
                       const v1::RemoveRequest* request,
-                      v1::EmptyReply* reply) override;
+                      v1::NamespaceReply* reply) override;
   grpc::Status Rename(grpc::ServerContext* context,
                       const v1::RenameRequest* request,
-                      v1::EmptyReply* reply) override;
+                      v1::NamespaceReply* reply) override;
   grpc::Status Link(grpc::ServerContext* context,
                     const v1::LinkRequest* request,
                     v1::InodeReply* reply) override;
@@ -91,6 +91,9 @@ class FsMetaService final : public v1::FsMetaService::Service {
   grpc::Status Close(grpc::ServerContext* context,
                      const v1::CloseRequest* request,
                      v1::CloseResponse* reply) override;
+  grpc::Status CloseMany(grpc::ServerContext* context,
+                         const v1::CloseManyRequest* request,
+                         v1::CloseManyResponse* reply) override;
   grpc::Status Fsync(grpc::ServerContext* context,
                      const v1::FsyncRequest* request,
                      v1::FsyncResponse* reply) override;

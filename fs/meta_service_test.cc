@@ -446,6 +446,116 @@ TEST_F(MetaServiceTest, CreateWithOpenHoldsAHandle) {
   EXPECT_EQ(ErrnoOf(Close(f.id())), EBADF);
 }
 
+TEST_F(MetaServiceTest, LookupMissOkIsAnEmptyReply) {
+  ASSERT_OK_AND_ASSIGN(v1::Inode d, Mkdir(kRootIno, "d"));
+  v1::LookupRequest r;
+  r.set_parent(d.id());
+  r.set_name("absent");
+  EXPECT_EQ(ErrnoOf(META(Lookup, r).status()), ENOENT);
+  r.set_missing_ok(true);
+  ASSERT_OK_AND_ASSIGN(v1::InodeReply reply, META(Lookup, r));
+  EXPECT_FALSE(reply.has_inode());
+  // Only a missing entry: other errors stay errors.
+  ASSERT_OK_AND_ASSIGN(v1::Inode f, Create(kRootIno, "f"));
+  r.set_parent(f.id());
+  EXPECT_EQ(ErrnoOf(META(Lookup, r).status()), ENOTDIR);
+  r.set_parent(d.id());
+  r.set_name("../x");
+  EXPECT_EQ(ErrnoOf(META(Lookup, r).status()), EINVAL);
+  ASSERT_OK(Create(d.id(), "present").status());
+  r.set_name("present");
+  ASSERT_OK_AND_ASSIGN(reply, META(Lookup, r));
+  EXPECT_TRUE(reply.has_inode());
+}
+
+TEST_F(MetaServiceTest, NamespaceRepliesCarryTheChangedDirectories) {
+  ASSERT_OK_AND_ASSIGN(v1::Inode a, Mkdir(kRootIno, "a"));
+  ASSERT_OK_AND_ASSIGN(v1::Inode b, Mkdir(kRootIno, "b"));
+  auto only = [](const google::protobuf::RepeatedPtrField<v1::Inode>& dirs,
+                 uint64_t id) -> std::optional<v1::Inode> {
+    for (const v1::Inode& d : dirs) {
+      if (d.id() == id) return d;
+    }
+    return std::nullopt;
+  };
+  v1::CreateRequest create;
+  create.set_parent(a.id());
+  create.set_name("f");
+  create.set_mode(0644);
+  ASSERT_OK_AND_ASSIGN(v1::InodeReply created, META(Create, create));
+  ASSERT_EQ(created.dirs_size(), 1);
+  ASSERT_OK_AND_ASSIGN(v1::Inode a_now, GetAttr(a.id()));
+  EXPECT_EQ(created.dirs(0).SerializeAsString(), a_now.SerializeAsString());
+  EXPECT_GE(a_now.mtime_ns(), a.mtime_ns());
+
+  v1::MkdirRequest mkdir;
+  mkdir.set_parent(a.id());
+  mkdir.set_name("sub");
+  mkdir.set_mode(0755);
+  ASSERT_OK_AND_ASSIGN(v1::InodeReply made, META(Mkdir, mkdir));
+  std::optional<v1::Inode> parent = only(made.dirs(), a.id());
+  ASSERT_TRUE(parent.has_value());
+  EXPECT_EQ(parent->nlink(), 3u);  // ".", "a" and sub's ".."
+
+  v1::RenameRequest rename;
+  rename.set_old_parent(a.id());
+  rename.set_old_name("sub");
+  rename.set_new_parent(b.id());
+  rename.set_new_name("sub");
+  ASSERT_OK_AND_ASSIGN(v1::NamespaceReply renamed, META(Rename, rename));
+  ASSERT_TRUE(only(renamed.dirs(), a.id()).has_value());
+  ASSERT_TRUE(only(renamed.dirs(), b.id()).has_value());
+  EXPECT_EQ(only(renamed.dirs(), a.id())->nlink(), 2u);
+  EXPECT_EQ(only(renamed.dirs(), b.id())->nlink(), 3u);
+  ASSERT_OK_AND_ASSIGN(v1::Inode b_now, GetAttr(b.id()));
+  EXPECT_EQ(only(renamed.dirs(), b.id())->SerializeAsString(),
+            b_now.SerializeAsString());
+
+  v1::RemoveRequest unlink;
+  unlink.set_parent(a.id());
+  unlink.set_name("f");
+  ASSERT_OK_AND_ASSIGN(v1::NamespaceReply removed, META(Unlink, unlink));
+  ASSERT_EQ(removed.dirs_size(), 1);
+  ASSERT_OK_AND_ASSIGN(a_now, GetAttr(a.id()));
+  EXPECT_EQ(removed.dirs(0).SerializeAsString(), a_now.SerializeAsString());
+
+  // Gone now: a second unlink fails.
+  EXPECT_EQ(ErrnoOf(META(Unlink, unlink).status()), ENOENT);
+}
+
+TEST_F(MetaServiceTest, CloseManyClosesHandlesAndCountsUnknownOnes) {
+  ASSERT_OK_AND_ASSIGN(v1::Inode f, Create(kRootIno, "f", /*open=*/true));
+  ASSERT_OK_AND_ASSIGN(v1::Inode g, Create(kRootIno, "g", /*open=*/true));
+  v1::OpenRequest open;
+  open.set_ino(g.id());
+  ASSERT_OK(META(Open, open).status());  // g: two handles
+  ASSERT_OK(Unlink(kRootIno, "f"));      // f lives on as an orphan
+  v1::CloseManyRequest r;
+  r.add_inos(f.id());
+  r.add_inos(g.id());
+  r.add_inos(g.id());
+  r.add_inos(g.id());  // one more than g has
+  ASSERT_OK_AND_ASSIGN(v1::CloseManyResponse reply, META(CloseMany, r));
+  EXPECT_EQ(reply.unknown(), 1u);
+  EXPECT_EQ(server_->StoreForTesting()->OpenCountForTesting(g.id()), 0);
+  // The orphan's last handle went: reclaimed.
+  EXPECT_EQ(ErrnoOf(GetAttr(f.id()).status()), ENOENT);
+  EXPECT_OK(GetAttr(g.id()).status());
+
+  // Bad input: nothing is closed.
+  ASSERT_OK(META(Open, open).status());
+  v1::CloseManyRequest bad;
+  bad.add_inos(g.id());
+  bad.add_inos(0);
+  EXPECT_EQ(ErrnoOf(META(CloseMany, bad).status()), EINVAL);
+  EXPECT_EQ(server_->StoreForTesting()->OpenCountForTesting(g.id()), 1);
+  v1::CloseManyRequest huge;
+  for (int i = 0; i <= kMaxCloseMany; ++i) huge.add_inos(g.id());
+  absl::Status s = META(CloseMany, huge).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(server_->StoreForTesting()->OpenCountForTesting(g.id()), 1);
+}
+
 TEST_F(MetaServiceTest, RecursiveSealFreezesATree) {
   ASSERT_OK_AND_ASSIGN(v1::Inode d, Mkdir(kRootIno, "d"));
   ASSERT_OK_AND_ASSIGN(v1::Inode e, Mkdir(d.id(), "e"));

@@ -244,6 +244,15 @@ class MetaStore::Txn {
     }
     return FromRocks(txn_->Commit(), "commit");
   }
+  // The directories this transaction changed, as it leaves them.
+  void DirtyDirs(std::vector<v1::Inode>* out) const {
+    for (uint64_t id : dirty_) {
+      auto it = inodes_.find(id);
+      if (it != inodes_.end() && it->second && IsDir(*it->second)) {
+        out->push_back(*it->second);
+      }
+    }
+  }
 
  private:
   std::unique_ptr<rocksdb::Transaction> txn_;
@@ -254,6 +263,11 @@ class MetaStore::Txn {
 
 template <typename Fn>
 absl::Status MetaStore::RunTxn(Fn&& fn) {
+  return RunTxn(nullptr, std::forward<Fn>(fn));
+}
+
+template <typename Fn>
+absl::Status MetaStore::RunTxn(std::vector<v1::Inode>* dirs_after, Fn&& fn) {
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync_writes;
   absl::Status status;
@@ -261,6 +275,7 @@ absl::Status MetaStore::RunTxn(Fn&& fn) {
     Txn txn(db_, wo);
     status = fn(txn);
     if (status.ok()) status = txn.Commit();
+    if (status.ok() && dirs_after != nullptr) txn.DirtyDirs(dirs_after);
     if (status.code() != absl::StatusCode::kAborted) return status;
     absl::SleepFor(absl::Microseconds(50 * std::min(attempt + 1, 20)));
   }
@@ -508,15 +523,14 @@ absl::StatusOr<v1::Inode> MetaStore::SetAttr(uint64_t ino,
   return out;
 }
 
-absl::StatusOr<v1::Inode> MetaStore::MakeNode(uint64_t parent,
-                                              absl::string_view name,
-                                              v1::InodeType type, uint32_t mode,
-                                              uint32_t uid, uint32_t gid,
-                                              absl::string_view target) {
+absl::StatusOr<v1::Inode> MetaStore::MakeNode(
+    uint64_t parent, absl::string_view name, v1::InodeType type, uint32_t mode,
+    uint32_t uid, uint32_t gid, absl::string_view target,
+    std::vector<v1::Inode>* dirs_after) {
   RETURN_IF_ERROR(ValidateName(name));
   ASSIGN_OR_RETURN(uint64_t id, AllocateIno());
   v1::Inode out;
-  RETURN_IF_ERROR(RunTxn([&](Txn& txn) -> absl::Status {
+  RETURN_IF_ERROR(RunTxn(dirs_after, [&](Txn& txn) -> absl::Status {
     ASSIGN_OR_RETURN(v1::Inode * dir, txn.WritableDir(parent));
     if (dir->nlink() == 0) {
       return FsError(ENOENT,
@@ -568,21 +582,22 @@ absl::StatusOr<v1::Inode> MetaStore::MakeNode(uint64_t parent,
 absl::StatusOr<v1::Inode> MetaStore::Mkdir(uint64_t parent,
                                            absl::string_view name,
                                            uint32_t mode, uint32_t uid,
-                                           uint32_t gid) {
-  return MakeNode(parent, name, v1::INODE_TYPE_DIRECTORY, mode, uid, gid, "");
+                                           uint32_t gid,
+                                           std::vector<v1::Inode>* dirs_after) {
+  return MakeNode(parent, name, v1::INODE_TYPE_DIRECTORY, mode, uid, gid, "",
+                  dirs_after);
 }
 
-absl::StatusOr<v1::Inode> MetaStore::Create(uint64_t parent,
-                                            absl::string_view name,
-                                            uint32_t mode, uint32_t uid,
-                                            uint32_t gid) {
-  return MakeNode(parent, name, v1::INODE_TYPE_FILE, mode, uid, gid, "");
+absl::StatusOr<v1::Inode> MetaStore::Create(
+    uint64_t parent, absl::string_view name, uint32_t mode, uint32_t uid,
+    uint32_t gid, std::vector<v1::Inode>* dirs_after) {
+  return MakeNode(parent, name, v1::INODE_TYPE_FILE, mode, uid, gid, "",
+                  dirs_after);
 }
 
-absl::StatusOr<v1::Inode> MetaStore::Symlink(uint64_t parent,
-                                             absl::string_view name,
-                                             absl::string_view target,
-                                             uint32_t uid, uint32_t gid) {
+absl::StatusOr<v1::Inode> MetaStore::Symlink(
+    uint64_t parent, absl::string_view name, absl::string_view target,
+    uint32_t uid, uint32_t gid, std::vector<v1::Inode>* dirs_after) {
   if (target.empty()) return FsError(ENOENT, "empty symlink target");
   if (target.size() > kMaxSymlinkBytes) {
     return FsError(ENAMETOOLONG,
@@ -592,7 +607,8 @@ absl::StatusOr<v1::Inode> MetaStore::Symlink(uint64_t parent,
   if (target.find('\0') != absl::string_view::npos) {
     return FsError(EINVAL, "symlink target contains a NUL byte");
   }
-  return MakeNode(parent, name, v1::INODE_TYPE_SYMLINK, 0777, uid, gid, target);
+  return MakeNode(parent, name, v1::INODE_TYPE_SYMLINK, 0777, uid, gid, target,
+                  dirs_after);
 }
 
 absl::StatusOr<std::string> MetaStore::Readlink(uint64_t ino) {
@@ -620,9 +636,10 @@ absl::Status MetaStore::DropLink(Txn& txn, v1::Inode* inode) {
   return txn.DeleteInode(id);
 }
 
-absl::Status MetaStore::Unlink(uint64_t parent, absl::string_view name) {
+absl::Status MetaStore::Unlink(uint64_t parent, absl::string_view name,
+                               std::vector<v1::Inode>* dirs_after) {
   RETURN_IF_ERROR(ValidateName(name));
-  return RunTxn([&](Txn& txn) -> absl::Status {
+  return RunTxn(dirs_after, [&](Txn& txn) -> absl::Status {
     ASSIGN_OR_RETURN(v1::Inode * dir, txn.WritableDir(parent));
     ASSIGN_OR_RETURN(std::optional<v1::Dentry> d, txn.Entry(parent, name));
     if (!d) return FsError(ENOENT, absl::StrCat("no ", Describe(parent, name)));
@@ -644,9 +661,10 @@ absl::Status MetaStore::Unlink(uint64_t parent, absl::string_view name) {
   });
 }
 
-absl::Status MetaStore::Rmdir(uint64_t parent, absl::string_view name) {
+absl::Status MetaStore::Rmdir(uint64_t parent, absl::string_view name,
+                              std::vector<v1::Inode>* dirs_after) {
   RETURN_IF_ERROR(ValidateName(name));
-  return RunTxn([&](Txn& txn) -> absl::Status {
+  return RunTxn(dirs_after, [&](Txn& txn) -> absl::Status {
     ASSIGN_OR_RETURN(v1::Inode * dir, txn.WritableDir(parent));
     ASSIGN_OR_RETURN(std::optional<v1::Dentry> d, txn.Entry(parent, name));
     if (!d) return FsError(ENOENT, absl::StrCat("no ", Describe(parent, name)));
@@ -676,7 +694,8 @@ absl::Status MetaStore::Rmdir(uint64_t parent, absl::string_view name) {
 
 absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
                                uint64_t new_parent, absl::string_view new_name,
-                               uint32_t flags) {
+                               uint32_t flags,
+                               std::vector<v1::Inode>* dirs_after) {
   RETURN_IF_ERROR(ValidateName(old_name));
   RETURN_IF_ERROR(ValidateName(new_name));
   if (flags & ~(kRenameNoReplace | kRenameExchange)) {
@@ -686,7 +705,7 @@ absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
     return FsError(EINVAL, "rename: NOREPLACE and EXCHANGE together");
   }
   const bool exchange = flags & kRenameExchange;
-  return RunTxn([&](Txn& txn) -> absl::Status {
+  return RunTxn(dirs_after, [&](Txn& txn) -> absl::Status {
     ASSIGN_OR_RETURN(v1::Inode * src_dir, txn.WritableDir(old_parent));
     ASSIGN_OR_RETURN(v1::Inode * dst_dir, txn.WritableDir(new_parent));
     if (dst_dir->nlink() == 0) {
@@ -811,10 +830,11 @@ absl::Status MetaStore::Rename(uint64_t old_parent, absl::string_view old_name,
 }
 
 absl::StatusOr<v1::Inode> MetaStore::Link(uint64_t ino, uint64_t new_parent,
-                                          absl::string_view new_name) {
+                                          absl::string_view new_name,
+                                          std::vector<v1::Inode>* dirs_after) {
   RETURN_IF_ERROR(ValidateName(new_name));
   v1::Inode out;
-  RETURN_IF_ERROR(RunTxn([&](Txn& txn) -> absl::Status {
+  RETURN_IF_ERROR(RunTxn(dirs_after, [&](Txn& txn) -> absl::Status {
     ASSIGN_OR_RETURN(v1::Inode * dir, txn.WritableDir(new_parent));
     if (dir->nlink() == 0) {
       return FsError(ENOENT,

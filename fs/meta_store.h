@@ -131,29 +131,38 @@ class MetaStore {
   // (EISDIR for directories, EINVAL for symlinks). Sealed -> EPERM.
   absl::StatusOr<v1::Inode> SetAttr(uint64_t ino, const SetAttrArgs& args);
 
+  // The namespace calls below fill `dirs_after`, when given, with the
+  // directories they changed as committed (so a client can answer the
+  // kernel's attribute refresh of a parent without another call).
   absl::StatusOr<v1::Inode> Mkdir(uint64_t parent, absl::string_view name,
-                                  uint32_t mode, uint32_t uid, uint32_t gid);
+                                  uint32_t mode, uint32_t uid, uint32_t gid,
+                                  std::vector<v1::Inode>* dirs_after = nullptr);
   // ENOTDIR if not a directory, ENOTEMPTY if it has entries.
-  absl::Status Rmdir(uint64_t parent, absl::string_view name);
+  absl::Status Rmdir(uint64_t parent, absl::string_view name,
+                     std::vector<v1::Inode>* dirs_after = nullptr);
   // A new empty file; EEXIST if the name exists (O_EXCL semantics).
-  absl::StatusOr<v1::Inode> Create(uint64_t parent, absl::string_view name,
-                                   uint32_t mode, uint32_t uid, uint32_t gid);
+  absl::StatusOr<v1::Inode> Create(
+      uint64_t parent, absl::string_view name, uint32_t mode, uint32_t uid,
+      uint32_t gid, std::vector<v1::Inode>* dirs_after = nullptr);
   // Removes a file or symlink name (EISDIR for directories). The inode goes
   // when its last link does, or at its last Close if it is open.
-  absl::Status Unlink(uint64_t parent, absl::string_view name);
+  absl::Status Unlink(uint64_t parent, absl::string_view name,
+                      std::vector<v1::Inode>* dirs_after = nullptr);
   // renameat2: replaces an existing target per POSIX (directory over empty
   // directory; ENOTDIR dir over non-dir; EISDIR non-dir over dir; ENOTEMPTY),
   // kRenameNoReplace (EEXIST) and kRenameExchange (ENOENT if no target).
   // EINVAL when a directory would move into its own subtree.
   absl::Status Rename(uint64_t old_parent, absl::string_view old_name,
                       uint64_t new_parent, absl::string_view new_name,
-                      uint32_t flags = 0);
+                      uint32_t flags = 0,
+                      std::vector<v1::Inode>* dirs_after = nullptr);
   // A new name for file or symlink `ino` (EPERM for directories).
   absl::StatusOr<v1::Inode> Link(uint64_t ino, uint64_t new_parent,
-                                 absl::string_view new_name);
-  absl::StatusOr<v1::Inode> Symlink(uint64_t parent, absl::string_view name,
-                                    absl::string_view target, uint32_t uid,
-                                    uint32_t gid);
+                                 absl::string_view new_name,
+                                 std::vector<v1::Inode>* dirs_after = nullptr);
+  absl::StatusOr<v1::Inode> Symlink(
+      uint64_t parent, absl::string_view name, absl::string_view target,
+      uint32_t uid, uint32_t gid, std::vector<v1::Inode>* dirs_after = nullptr);
   absl::StatusOr<std::string> Readlink(uint64_t ino);
   // Up to `max_entries` entries of directory `ino` whose names sort after
   // `cursor` (bytewise; "" starts at the beginning). No "." or "..".
@@ -207,11 +216,14 @@ class MetaStore {
   // Runs `fn` in a fresh transaction and commits, retrying lock conflicts.
   template <typename Fn>
   absl::Status RunTxn(Fn&& fn);
+  // Also fills `dirs_after` with the directories it changed, as committed.
+  template <typename Fn>
+  absl::Status RunTxn(std::vector<v1::Inode>* dirs_after, Fn&& fn);
   absl::StatusOr<uint64_t> AllocateIno();
-  absl::StatusOr<v1::Inode> MakeNode(uint64_t parent, absl::string_view name,
-                                     v1::InodeType type, uint32_t mode,
-                                     uint32_t uid, uint32_t gid,
-                                     absl::string_view target);
+  absl::StatusOr<v1::Inode> MakeNode(
+      uint64_t parent, absl::string_view name, v1::InodeType type,
+      uint32_t mode, uint32_t uid, uint32_t gid, absl::string_view target,
+      std::vector<v1::Inode>* dirs_after = nullptr);
   absl::Status CommitSize(uint64_t ino, uint64_t new_size);
   // Drops one link of file/symlink `inode`, deleting it or marking it an
   // orphan when it was the last.

@@ -4,10 +4,14 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include <dirent.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <functional>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "dsec/v1/fs_service.grpc.pb.h"
@@ -269,6 +273,31 @@ bool FakeCluster::WaitForTable(
     absl::SleepFor(absl::Milliseconds(20));
   }
   return pred(table());
+}
+
+std::vector<std::string> ChunkFilesOf(const std::string& data_dir,
+                                      uint64_t inode, uint32_t index) {
+  char prefix[64];
+  snprintf(prefix, sizeof(prefix), "%016lx-%08x.v",
+           static_cast<unsigned long>(inode), index);
+  std::vector<std::string> out;
+  std::string root = data_dir + "/chunks";
+  DIR* d = opendir(root.c_str());
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::string sub = root + "/" + e->d_name;
+    DIR* s = opendir(sub.c_str());
+    if (s == nullptr) continue;
+    while (dirent* f = readdir(s)) {
+      if (absl::StartsWith(f->d_name, prefix)) {
+        out.push_back(sub + "/" + f->d_name);
+      }
+    }
+    closedir(s);
+  }
+  closedir(d);
+  return out;
 }
 
 }  // namespace dsec::fs::testing

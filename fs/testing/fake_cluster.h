@@ -73,6 +73,11 @@ class FakeCluster {
   std::unique_ptr<Impl> impl_;
 };
 
+// Every data file of chunk (inode, index) under <data_dir>/chunks, for tests
+// that damage chunk files on disk.
+std::vector<std::string> ChunkFilesOf(const std::string& data_dir,
+                                      uint64_t inode, uint32_t index);
+
 }  // namespace dsec::fs::testing
 
 #endif  // DSEC_FS_TESTING_FAKE_CLUSTER_H_
