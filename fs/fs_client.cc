@@ -286,9 +286,11 @@ absl::StatusOr<std::string> FsClient::Readlink(uint64_t ino) {
 
 absl::StatusOr<ReadDirPage> FsClient::ReadDir(uint64_t ino,
                                               absl::string_view cursor,
-                                              size_t max_entries) {
+                                              size_t max_entries,
+                                              bool with_inodes) {
   v1::ReadDirRequest request;
   request.set_ino(ino);
+  request.set_with_inodes(with_inodes);
   request.set_cursor(std::string(cursor));
   request.set_max_entries(static_cast<uint32_t>(
       std::min<size_t>(max_entries, std::numeric_limits<uint32_t>::max())));

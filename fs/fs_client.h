@@ -114,8 +114,10 @@ class FsClient {
       uint64_t parent, absl::string_view name, absl::string_view target,
       uint32_t uid, uint32_t gid, std::vector<v1::Inode>* dirs_after = nullptr);
   absl::StatusOr<std::string> Readlink(uint64_t ino);
+  // With `with_inodes`, each entry carries its inode (readdirplus).
   absl::StatusOr<ReadDirPage> ReadDir(uint64_t ino, absl::string_view cursor,
-                                      size_t max_entries);
+                                      size_t max_entries,
+                                      bool with_inodes = false);
   absl::StatusOr<v1::StatFsResponse> StatFs();
   absl::StatusOr<v1::Inode> Open(uint64_t ino, bool for_write);
   // Both survive a meta server restart that forgot the handle: they open it

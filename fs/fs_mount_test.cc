@@ -283,6 +283,125 @@ TEST_F(FsMountTest, DirectoryAttributesFollowNamespaceChanges) {
   expect_current(P("d"));
 }
 
+// Enough lookups in one directory make dsec-mount answer lookups there from
+// a fetched listing (statahead); opendir does too. What stat shows must stay
+// exact for this mount's own changes, and others' changes must show within
+// the attribute timeout.
+TEST_F(FsMountTest, ListedDirectoriesStayExact) {
+  FsClient& c = cluster_->client();
+  constexpr int kFiles = 80;
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_TRUE(WriteAll(P(absl::StrCat("f", i)), std::string(i, 'x')));
+  }
+  auto server_view = [&](const std::string& name) {
+    struct stat st;
+    EXPECT_EQ(stat(P(name).c_str(), &st), 0) << name;
+    absl::StatusOr<v1::Inode> dir = c.ResolvePath(absl::StrCat(
+        "/", ::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    EXPECT_OK(dir.status());
+    absl::StatusOr<v1::Inode> server = c.Lookup(dir->id(), name);
+    EXPECT_OK(server.status()) << name;
+    if (!server.ok()) return;
+    EXPECT_EQ(st.st_ino, server->id()) << name;
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), server->size()) << name;
+    EXPECT_EQ(st.st_mode & 07777, server->mode()) << name;
+    EXPECT_EQ(st.st_nlink, server->nlink()) << name;
+  };
+  // Twice over: the second round is answered from the listing.
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < kFiles; ++i) {
+      struct stat st;
+      ASSERT_EQ(stat(P(absl::StrCat("f", i)).c_str(), &st), 0);
+      EXPECT_EQ(st.st_size, i);
+    }
+  }
+  // Changes through this mount show at once.
+  ASSERT_TRUE(WriteAll(P("f3"), std::string(5000, 'y')));
+  server_view("f3");
+  ASSERT_EQ(truncate(P("f4").c_str(), 77), 0);
+  server_view("f4");
+  ASSERT_EQ(chmod(P("f5").c_str(), 0600), 0);
+  server_view("f5");
+  ASSERT_EQ(link(P("f6").c_str(), P("f6-link").c_str()), 0);
+  server_view("f6");
+  server_view("f6-link");
+  ASSERT_EQ(unlink(P("f6-link").c_str()), 0);
+  server_view("f6");
+  ASSERT_EQ(unlink(P("f7").c_str()), 0);
+  EXPECT_NE(access(P("f7").c_str(), F_OK), 0);
+  ASSERT_EQ(rename(P("f8").c_str(), P("f8-renamed").c_str()), 0);
+  EXPECT_NE(access(P("f8").c_str(), F_OK), 0);
+  server_view("f8-renamed");
+  ASSERT_TRUE(WriteAll(P("new"), "fresh"));
+  server_view("new");
+  {
+    int fd = open(P("f9").c_str(), O_WRONLY | O_APPEND);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, "abc", 3), 3);
+    struct stat st;
+    ASSERT_EQ(stat(P("f9").c_str(), &st), 0);
+    EXPECT_EQ(st.st_size, 9 + 3);  // a writer's length before close
+    ASSERT_EQ(close(fd), 0);
+    server_view("f9");
+  }
+  // ls -l: a listing, then a lookup of each entry.
+  std::set<std::string> names;
+  DIR* d = opendir(dir_.c_str());
+  ASSERT_NE(d, nullptr);
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] != '.') names.insert(e->d_name);
+  }
+  closedir(d);
+  EXPECT_EQ(names.size(), static_cast<size_t>(kFiles));  // -f7, +new
+  for (const std::string& name : names) server_view(name);
+
+  // Another client's changes: a file it creates shows, one it removes goes,
+  // within the attribute timeout.
+  ASSERT_OK_AND_ASSIGN(
+      v1::Inode dir,
+      c.ResolvePath(absl::StrCat(
+          "/",
+          ::testing::UnitTest::GetInstance()->current_test_info()->name())));
+  EXPECT_NE(access(P("theirs").c_str(), F_OK), 0);  // listed as absent now
+  ASSERT_OK(c.Create(dir.id(), "theirs", 0644, 0, 0, /*open=*/false).status());
+  ASSERT_OK(c.Unlink(dir.id(), "f10"));
+  absl::SleepFor(absl::Milliseconds(1100));
+  EXPECT_EQ(access(P("theirs").c_str(), F_OK), 0);
+  EXPECT_NE(access(P("f10").c_str(), F_OK), 0);
+  server_view("f11");
+}
+
+// open(O_CREAT) of a name another client created after this mount (or the
+// kernel) cached it as absent: without O_EXCL it opens the file, with
+// O_EXCL it fails with EEXIST.
+TEST_F(FsMountTest, CreateOverAStaleNegativeEntry) {
+  FsClient& c = cluster_->client();
+  ASSERT_OK_AND_ASSIGN(
+      v1::Inode dir,
+      c.ResolvePath(absl::StrCat(
+          "/",
+          ::testing::UnitTest::GetInstance()->current_test_info()->name())));
+  for (int i = 0; i < 40; ++i) {  // make the directory listed
+    EXPECT_NE(access(P(absl::StrCat("probe", i)).c_str(), F_OK), 0);
+  }
+  EXPECT_NE(access(P("a").c_str(), F_OK), 0);
+  EXPECT_NE(access(P("b").c_str(), F_OK), 0);
+  ASSERT_OK(c.WriteFile(
+      absl::StrCat(
+          "/", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+          "/a"),
+      "theirs"));
+  ASSERT_OK(c.Create(dir.id(), "b", 0644, 0, 0, /*open=*/false).status());
+  int fd = open(P("a").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  char buf[16] = {};
+  EXPECT_EQ(pread(fd, buf, sizeof(buf), 0), 6);
+  EXPECT_STREQ(buf, "theirs");
+  close(fd);
+  EXPECT_LT(open(P("b").c_str(), O_RDWR | O_CREAT | O_EXCL, 0644), 0);
+  EXPECT_EQ(errno, EEXIST);
+}
+
 TEST_F(FsMountTest, HeldBackClosesReachTheMetaServer) {
   // Handles with nothing to commit are closed in batches, later: every one
   // must still arrive, so unlinked files do not linger as orphans.

@@ -44,6 +44,12 @@ constexpr size_t kMaxNotedDirs = 1 << 16;
 // Held-back closes: sent after this long, or at once when this many wait.
 constexpr absl::Duration kCloseHoldBack = absl::Milliseconds(5);
 constexpr size_t kCloseBatch = 256;
+// Listings (see FuseMount::Impl::Listing): fetched after this many lookups
+// in one directory within attr_timeout; directories with more entries than
+// kMaxListingEntries are not cached; at most kMaxListedEntries in all.
+constexpr int kStataheadLookups = 32;
+constexpr size_t kMaxListingEntries = 100000;
+constexpr size_t kMaxListedEntries = 1000000;
 
 int64_t NowNs() { return absl::ToUnixNanos(absl::Now()); }
 
@@ -374,6 +380,60 @@ class FuseMount::Impl {
   absl::flat_hash_map<uint64_t, std::pair<v1::Inode, absl::Time>> dirs_
       ABSL_GUARDED_BY(dirs_mu_);
 
+  // Listings (statahead, readdirplus): a directory's complete listing with
+  // every entry's inode, fetched at `fetched` (ReadDir with inodes). Lookups
+  // in it, hits and misses alike, are answered from here while it is
+  // younger than attr_timeout: the kernel caches entries, negative ones
+  // included, just as long. Fetched when a directory is opened for reading
+  // (ls -l, find, git status: a listing, then a lookup of each entry) or
+  // when lookups in it keep coming (kStataheadLookups within attr_timeout:
+  // a create, stat or unlink loop). This mount's own namespace calls keep
+  // it current; an inode changed through this mount since the fetch
+  // (written, truncated, chmod'ed, linked) is looked up again instead, and
+  // a listing a local change raced with is not installed. Other clients'
+  // changes show within attr_timeout, as with the kernel's own caches.
+  struct Listing {
+    absl::Time fetched;
+    absl::flat_hash_map<std::string, v1::Inode> entries;
+  };
+  enum class Listed { kUnknown, kAbsent, kFound };
+  // What the listing of `parent` says of `name`; on kFound/kAbsent also the
+  // inode and how long the answer stays fresh.
+  Listed FromListing(uint64_t parent, const std::string& name, v1::Inode* inode,
+                     absl::Duration* left);
+  // Counts a lookup that needed a call; true when `parent` is now hot
+  // enough to fetch its listing.
+  bool CountLookup(uint64_t parent);
+  // Fetches and installs the listing of `dir` (pages of ReadDir with
+  // inodes); the plain entries also go to `entries` when given.
+  absl::Status FetchListing(uint64_t dir, std::vector<v1::DirEntry>* entries);
+  void ListingAdd(uint64_t parent, const std::string& name,
+                  const v1::Inode& inode);
+  void ListingRemove(uint64_t parent, const std::string& name);
+  void DropListing(uint64_t dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(listing_mu_);
+  // A change of `dir`'s entries that a fetch in progress cannot replay: it
+  // must not install what it fetched.
+  void ListingChanged(uint64_t dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(listing_mu_);
+  // `ino` changed through this mount: listings fetched before do not
+  // answer for it.
+  void TouchInode(uint64_t ino);
+  absl::Mutex listing_mu_;
+  absl::flat_hash_map<uint64_t, Listing> listings_ ABSL_GUARDED_BY(listing_mu_);
+  size_t listed_entries_ ABSL_GUARDED_BY(listing_mu_) = 0;
+  // A fetch in progress: this mount's changes to the directory meanwhile
+  // (name -> inode, nullopt: removed), applied on top of what it fetched;
+  // `raced` when one of them cannot be replayed (a rename, a failed call).
+  struct Fetch {
+    bool raced = false;
+    std::vector<std::pair<std::string, std::optional<v1::Inode>>> changes;
+  };
+  absl::flat_hash_map<uint64_t, Fetch> fetching_ ABSL_GUARDED_BY(listing_mu_);
+  // dir -> (window start, lookups that needed a call).
+  absl::flat_hash_map<uint64_t, std::pair<absl::Time, int>> heat_
+      ABSL_GUARDED_BY(listing_mu_);
+  absl::flat_hash_map<uint64_t, absl::Time> touched_
+      ABSL_GUARDED_BY(listing_mu_);
+
   // Closes of handles with nothing to commit (read-only opens, files
   // created or opened but never written) are held back up to
   // kCloseHoldBack and sent together with CloseMany by closer_: the
@@ -473,8 +533,17 @@ void FuseMount::Impl::NoteDirs(std::vector<v1::Inode> dirs) {
 void FuseMount::Impl::AfterNamespaceCall(
     const absl::Status& status, std::vector<v1::Inode> dirs,
     std::initializer_list<uint64_t> touched) {
-  if (status.ok()) return NoteDirs(std::move(dirs));
+  if (status.ok()) {
+    // Their own entries in their parents' listings are stale now.
+    for (const v1::Inode& dir : dirs) TouchInode(dir.id());
+    return NoteDirs(std::move(dirs));
+  }
   for (uint64_t ino : touched) ForgetDir(ino);
+  absl::MutexLock lock(&listing_mu_);
+  for (uint64_t ino : touched) {
+    ListingChanged(ino);
+    DropListing(ino);
+  }
 }
 
 void FuseMount::Impl::ForgetDir(uint64_t ino) {
@@ -494,6 +563,162 @@ std::optional<std::pair<v1::Inode, absl::Duration>> FuseMount::Impl::FreshDir(
     return std::nullopt;
   }
   return std::make_pair(it->second.first, left);
+}
+
+FuseMount::Impl::Listed FuseMount::Impl::FromListing(uint64_t parent,
+                                                     const std::string& name,
+                                                     v1::Inode* inode,
+                                                     absl::Duration* left) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&listing_mu_);
+  auto it = listings_.find(parent);
+  if (it == listings_.end()) return Listed::kUnknown;
+  *left = options_.attr_timeout - (now - it->second.fetched);
+  if (*left <= absl::ZeroDuration()) {
+    DropListing(parent);
+    // Still in use: fetch it again after the next lookup.
+    heat_[parent] = {now, kStataheadLookups - 1};
+    return Listed::kUnknown;
+  }
+  auto e = it->second.entries.find(name);
+  if (e == it->second.entries.end()) return Listed::kAbsent;
+  auto t = touched_.find(e->second.id());
+  if (t != touched_.end() && t->second >= it->second.fetched) {
+    return Listed::kUnknown;
+  }
+  *inode = e->second;
+  return Listed::kFound;
+}
+
+bool FuseMount::Impl::CountLookup(uint64_t parent) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&listing_mu_);
+  if (listings_.contains(parent) || fetching_.contains(parent)) return false;
+  if (heat_.size() > 4096) heat_.clear();
+  auto [it, inserted] = heat_.try_emplace(parent, now, 0);
+  if (now - it->second.first > options_.attr_timeout) it->second = {now, 0};
+  if (++it->second.second < kStataheadLookups) return false;
+  heat_.erase(it);
+  return true;
+}
+
+absl::Status FuseMount::Impl::FetchListing(uint64_t dir,
+                                           std::vector<v1::DirEntry>* entries) {
+  {
+    absl::MutexLock lock(&listing_mu_);
+    fetching_.try_emplace(dir);
+  }
+  const absl::Time fetched = absl::Now();
+  Listing listing;
+  listing.fetched = fetched;
+  bool cacheable = true;
+  std::string cursor;
+  absl::Status status;
+  while (true) {
+    absl::StatusOr<ReadDirPage> page =
+        client_->ReadDir(dir, cursor, 1000, /*with_inodes=*/true);
+    if (!page.ok()) {
+      status = page.status();
+      break;
+    }
+    for (v1::DirEntry& e : page->entries) {
+      if (cacheable && e.has_inode() &&
+          listing.entries.size() < kMaxListingEntries) {
+        listing.entries.emplace(e.name(), std::move(*e.mutable_inode()));
+      } else {
+        cacheable = false;
+      }
+      e.clear_inode();
+      if (entries != nullptr) entries->push_back(std::move(e));
+    }
+    if (!page->has_more || page->entries.empty()) break;
+    cursor = entries != nullptr ? entries->back().name()
+                                : page->entries.back().name();
+  }
+  absl::MutexLock lock(&listing_mu_);
+  auto f = fetching_.find(dir);
+  // Gone: a second fetch of the same directory finished first.
+  const bool raced = f == fetching_.end() || f->second.raced;
+  if (!raced) {
+    for (auto& [name, inode] : f->second.changes) {
+      if (inode.has_value()) {
+        listing.entries.insert_or_assign(name, std::move(*inode));
+      } else {
+        listing.entries.erase(name);
+      }
+    }
+  }
+  if (f != fetching_.end()) fetching_.erase(f);
+  if (!status.ok() || !cacheable || raced) return status;
+  if (listed_entries_ + listing.entries.size() > kMaxListedEntries) {
+    const absl::Time now = absl::Now();
+    for (auto it = listings_.begin(); it != listings_.end();) {
+      auto next = std::next(it);
+      if (now - it->second.fetched >= options_.attr_timeout) {
+        DropListing(it->first);
+      }
+      it = next;
+    }
+    if (listed_entries_ + listing.entries.size() > kMaxListedEntries) {
+      return status;
+    }
+  }
+  DropListing(dir);
+  listed_entries_ += listing.entries.size();
+  listings_.emplace(dir, std::move(listing));
+  return status;
+}
+
+void FuseMount::Impl::ListingAdd(uint64_t parent, const std::string& name,
+                                 const v1::Inode& inode) {
+  absl::MutexLock lock(&listing_mu_);
+  if (auto f = fetching_.find(parent); f != fetching_.end()) {
+    f->second.changes.emplace_back(name, inode);
+  }
+  auto it = listings_.find(parent);
+  if (it == listings_.end()) return;
+  if (it->second.entries.insert_or_assign(name, inode).second) {
+    ++listed_entries_;
+  }
+}
+
+void FuseMount::Impl::ListingRemove(uint64_t parent, const std::string& name) {
+  absl::MutexLock lock(&listing_mu_);
+  if (auto f = fetching_.find(parent); f != fetching_.end()) {
+    f->second.changes.emplace_back(name, std::nullopt);
+  }
+  auto it = listings_.find(parent);
+  if (it == listings_.end()) return;
+  auto e = it->second.entries.find(name);
+  if (e == it->second.entries.end()) return;
+  // Its other names (hard links) now show one link less.
+  touched_[e->second.id()] = absl::Now();
+  it->second.entries.erase(e);
+  --listed_entries_;
+}
+
+void FuseMount::Impl::DropListing(uint64_t dir) {
+  auto it = listings_.find(dir);
+  if (it == listings_.end()) return;
+  listed_entries_ -= it->second.entries.size();
+  listings_.erase(it);
+}
+
+void FuseMount::Impl::ListingChanged(uint64_t dir) {
+  auto f = fetching_.find(dir);
+  if (f != fetching_.end()) f->second.raced = true;
+}
+
+void FuseMount::Impl::TouchInode(uint64_t ino) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&listing_mu_);
+  if (touched_.size() > 65536) {
+    // Touches older than attr_timeout predate every listing still fresh.
+    absl::erase_if(touched_, [&](const auto& kv) {
+      return now - kv.second > options_.attr_timeout;
+    });
+  }
+  touched_[ino] = now;
 }
 
 void FuseMount::Impl::DeferClose(uint64_t ino) {
@@ -680,17 +905,41 @@ void FuseMount::Impl::Lookup(fuse_req_t req, fuse_ino_t parent,
   std::optional<uint64_t> known;
   if (sealed_parent) known = self->SealedChild(parent, name);
   absl::StatusOr<v1::Inode> inode;
+  bool fetch_listing = false;
   if (known.has_value() && *known == 0) {
     inode = absl::NotFoundError("sealed directory: no such entry");
   } else if (std::optional<v1::Inode> child =
                  known.has_value() ? self->SealedInode(*known) : std::nullopt) {
     inode = std::move(*child);
   } else {
+    v1::Inode listed;
+    absl::Duration left;
+    switch (self->FromListing(parent, name, &listed, &left)) {
+      case Listed::kFound: {
+        self->NoteInode(listed);
+        fuse_entry_param e;
+        std::memset(&e, 0, sizeof(e));
+        e.ino = listed.id();
+        e.attr = self->ToStat(listed);
+        e.attr_timeout = e.entry_timeout =
+            std::min(absl::ToDoubleSeconds(left), self->TimeoutFor(listed));
+        return (void)fuse_reply_entry(req, &e);
+      }
+      case Listed::kAbsent: {
+        fuse_entry_param e;
+        std::memset(&e, 0, sizeof(e));
+        e.entry_timeout = absl::ToDoubleSeconds(left);
+        return (void)fuse_reply_entry(req, &e);
+      }
+      case Listed::kUnknown:
+        break;
+    }
     inode = self->client_->Lookup(parent, name);
     if (sealed_parent &&
         (absl::IsNotFound(inode.status()) || (inode.ok() && inode->sealed()))) {
       self->NoteSealedChild(parent, name, inode.ok() ? inode->id() : 0);
     }
+    fetch_listing = !sealed_parent && self->CountLookup(parent);
   }
   if (absl::IsNotFound(inode.status())) {
     // Negative entry, cached like a positive one.
@@ -701,10 +950,13 @@ void FuseMount::Impl::Lookup(fuse_req_t req, fuse_ino_t parent,
         self->SealedInode(parent).has_value() ? self->options_.sealed_timeout
                                               : self->options_.attr_timeout);
     fuse_reply_entry(req, &e);
-    return;
+  } else if (!inode.ok()) {
+    ReplyError(req, inode.status());
+  } else {
+    self->ReplyEntry(req, *inode);
   }
-  if (!inode.ok()) return ReplyError(req, inode.status());
-  self->ReplyEntry(req, *inode);
+  // Answered: the caller does not wait for the listing.
+  if (fetch_listing) (void)self->FetchListing(parent, nullptr);
 }
 
 void FuseMount::Impl::GetAttr(fuse_req_t req, fuse_ino_t ino,
@@ -774,6 +1026,7 @@ void FuseMount::Impl::SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr,
     self->ForgetCacheKey(ino);
   }
   self->ForgetDir(ino);
+  self->TouchInode(ino);
   absl::StatusOr<v1::Inode> inode = self->client_->SetAttr(ino, args);
   if (!inode.ok()) return ReplyError(req, inode.status());
   if (to_set & FUSE_SET_ATTR_SIZE) {
@@ -807,6 +1060,7 @@ void FuseMount::Impl::Mknod(fuse_req_t req, fuse_ino_t parent, const char* name,
   absl::StatusOr<v1::Inode> inode = self->client_->Create(
       parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/false, &dirs);
   self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
+  if (inode.ok()) self->ListingAdd(parent, name, *inode);
   if (!inode.ok()) return ReplyError(req, inode.status());
   self->ReplyEntry(req, *inode);
 }
@@ -819,6 +1073,7 @@ void FuseMount::Impl::Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name,
   absl::StatusOr<v1::Inode> inode = self->client_->Mkdir(
       parent, name, mode & 07777, ctx->uid, ctx->gid, &dirs);
   self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
+  if (inode.ok()) self->ListingAdd(parent, name, *inode);
   if (!inode.ok()) return ReplyError(req, inode.status());
   self->ReplyEntry(req, *inode);
 }
@@ -829,6 +1084,7 @@ void FuseMount::Impl::Unlink(fuse_req_t req, fuse_ino_t parent,
   std::vector<v1::Inode> dirs;
   absl::Status status = self->client_->Unlink(parent, name, &dirs);
   self->AfterNamespaceCall(status, std::move(dirs), {parent});
+  if (status.ok()) self->ListingRemove(parent, name);
   fuse_reply_err(req, ErrnoOf(status));
 }
 
@@ -838,6 +1094,7 @@ void FuseMount::Impl::Rmdir(fuse_req_t req, fuse_ino_t parent,
   std::vector<v1::Inode> dirs;
   absl::Status status = self->client_->Rmdir(parent, name, &dirs);
   self->AfterNamespaceCall(status, std::move(dirs), {parent});
+  if (status.ok()) self->ListingRemove(parent, name);
   fuse_reply_err(req, ErrnoOf(status));
 }
 
@@ -849,6 +1106,7 @@ void FuseMount::Impl::Symlink(fuse_req_t req, const char* link,
   absl::StatusOr<v1::Inode> inode =
       self->client_->Symlink(parent, name, link, ctx->uid, ctx->gid, &dirs);
   self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
+  if (inode.ok()) self->ListingAdd(parent, name, *inode);
   if (!inode.ok()) return ReplyError(req, inode.status());
   self->ReplyEntry(req, *inode);
 }
@@ -867,6 +1125,15 @@ void FuseMount::Impl::Rename(fuse_req_t req, fuse_ino_t parent,
   absl::Status status =
       self->client_->Rename(parent, name, newparent, newname, f, &dirs);
   self->AfterNamespaceCall(status, std::move(dirs), {parent, newparent});
+  {
+    // Entries moved, replaced or swapped: listed afresh when needed.
+    absl::MutexLock lock(&self->listing_mu_);
+    for (uint64_t dir :
+         {static_cast<uint64_t>(parent), static_cast<uint64_t>(newparent)}) {
+      self->ListingChanged(dir);
+      self->DropListing(dir);
+    }
+  }
   fuse_reply_err(req, ErrnoOf(status));
 }
 
@@ -877,6 +1144,10 @@ void FuseMount::Impl::Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
   absl::StatusOr<v1::Inode> inode =
       self->client_->Link(ino, newparent, newname, &dirs);
   self->AfterNamespaceCall(inode.status(), std::move(dirs), {newparent});
+  if (inode.ok()) {
+    self->TouchInode(ino);
+    self->ListingAdd(newparent, newname, *inode);
+  }
   if (!inode.ok()) return ReplyError(req, inode.status());
   self->ReplyEntry(req, *inode);
 }
@@ -904,6 +1175,7 @@ void FuseMount::Impl::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     }
   }
   if (for_write) {
+    self->TouchInode(ino);
     absl::MutexLock lock(&self->sizes_mu_);
     auto [it, inserted] = self->local_sizes_.try_emplace(ino, inode->size(), 0);
     ++it->second.second;
@@ -930,6 +1202,15 @@ void FuseMount::Impl::Create(fuse_req_t req, fuse_ino_t parent,
   absl::StatusOr<v1::Inode> inode = self->client_->Create(
       parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/true, &dirs);
   self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
+  if (inode.ok()) self->ListingAdd(parent, name, *inode);
+  if (ErrnoOf(inode.status()) == EEXIST && (fi->flags & O_EXCL) == 0) {
+    // The name exists after all: the negative answer the kernel acted on
+    // (from a listing or its own negative entry) was stale, another client
+    // created it. The listing is dropped above; ESTALE makes the kernel
+    // look the name up afresh and open what is there, checking its
+    // permissions, as open(O_CREAT) without O_EXCL must.
+    return (void)fuse_reply_err(req, ESTALE);
+  }
   if (!inode.ok()) return ReplyError(req, inode.status());
   auto h = std::make_unique<FileHandle>();
   h->ino = inode->id();
@@ -1032,6 +1313,7 @@ void FuseMount::Impl::Write(fuse_req_t req, fuse_ino_t ino, const char* buf,
   Impl* self = Of(req);
   FileHandle& h = *reinterpret_cast<FileHandle*>(fi->fh);
   const uint64_t off = static_cast<uint64_t>(off_signed);
+  self->TouchInode(ino);
   absl::MutexLock lock(&h.mu);
   if (!h.write_error.ok()) return ReplyError(req, h.write_error);
   h.ra.clear();
@@ -1078,6 +1360,7 @@ void FuseMount::Impl::Flush(fuse_req_t req, fuse_ino_t ino,
 void FuseMount::Impl::Fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
                             fuse_file_info* fi) {
   FileHandle& h = *reinterpret_cast<FileHandle*>(fi->fh);
+  Of(req)->TouchInode(ino);
   absl::MutexLock lock(&h.mu);
   absl::Status status = Of(req)->FlushAndCommit(h);
   if (status.ok() && h.writable) {
@@ -1105,7 +1388,10 @@ void FuseMount::Impl::Release(fuse_req_t req, fuse_ino_t ino,
     }
     for (FileHandle::Prefetch& p : h->prefetch) (void)p.data.get();
   }
-  if (h->writable) self->DropLocalSize(ino);
+  if (h->writable) {
+    self->TouchInode(ino);  // its committed length may have moved
+    self->DropLocalSize(ino);
+  }
   fuse_reply_err(req, ErrnoOf(status));
 }
 
@@ -1113,15 +1399,8 @@ void FuseMount::Impl::OpenDir(fuse_req_t req, fuse_ino_t ino,
                               fuse_file_info* fi) {
   Impl* self = Of(req);
   auto dir = std::make_unique<DirHandle>();
-  std::string cursor;
-  while (true) {
-    absl::StatusOr<ReadDirPage> page =
-        self->client_->ReadDir(ino, cursor, 1000);
-    if (!page.ok()) return ReplyError(req, page.status());
-    for (v1::DirEntry& e : page->entries) dir->entries.push_back(std::move(e));
-    if (!page->has_more || dir->entries.empty()) break;
-    cursor = dir->entries.back().name();
-  }
+  absl::Status status = self->FetchListing(ino, &dir->entries);
+  if (!status.ok()) return ReplyError(req, status);
   fi->fh = reinterpret_cast<uint64_t>(dir.release());
   fi->cache_readdir = 0;
   if (fuse_reply_open(req, fi) == -ENOENT) {

@@ -327,7 +327,8 @@ grpc::Status FsMetaService::ReadDir(grpc::ServerContext* context,
       RETURN_IF_ERROR(CheckName(request->cursor(), "cursor"));
     }
     ASSIGN_OR_RETURN(ReadDirPage page,
-                     store_->ReadDir(request->ino(), request->cursor(), max));
+                     store_->ReadDir(request->ino(), request->cursor(), max,
+                                     request->with_inodes()));
     for (auto& e : page.entries) *reply->add_entries() = std::move(e);
     reply->set_has_more(page.has_more);
     return absl::OkStatus();

@@ -446,6 +446,34 @@ TEST_F(MetaServiceTest, CreateWithOpenHoldsAHandle) {
   EXPECT_EQ(ErrnoOf(Close(f.id())), EBADF);
 }
 
+TEST_F(MetaServiceTest, ReadDirWithInodesCarriesEachEntrysInode) {
+  ASSERT_OK_AND_ASSIGN(v1::Inode d, Mkdir(kRootIno, "d"));
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_OK(Create(d.id(), absl::StrCat("f", i)).status());
+  }
+  ASSERT_OK(Mkdir(d.id(), "sub").status());
+  v1::ReadDirRequest r;
+  r.set_ino(d.id());
+  r.set_max_entries(4);
+  r.set_with_inodes(true);
+  std::vector<v1::DirEntry> all;
+  while (true) {
+    ASSERT_OK_AND_ASSIGN(v1::ReadDirResponse page, META(ReadDir, r));
+    for (const v1::DirEntry& e : page.entries()) all.push_back(e);
+    if (!page.has_more()) break;
+    r.set_cursor(all.back().name());
+  }
+  ASSERT_EQ(all.size(), 6u);
+  for (const v1::DirEntry& e : all) {
+    ASSERT_TRUE(e.has_inode()) << e.name();
+    ASSERT_OK_AND_ASSIGN(v1::Inode now, GetAttr(e.ino()));
+    EXPECT_EQ(e.inode().SerializeAsString(), now.SerializeAsString());
+  }
+  // Without the flag, names only.
+  ASSERT_OK_AND_ASSIGN(v1::ReadDirResponse plain, ReadDir(d.id(), "", 10));
+  for (const v1::DirEntry& e : plain.entries()) EXPECT_FALSE(e.has_inode());
+}
+
 TEST_F(MetaServiceTest, LookupMissOkIsAnEmptyReply) {
   ASSERT_OK_AND_ASSIGN(v1::Inode d, Mkdir(kRootIno, "d"));
   v1::LookupRequest r;

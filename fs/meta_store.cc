@@ -874,7 +874,8 @@ absl::StatusOr<v1::Inode> MetaStore::Link(uint64_t ino, uint64_t new_parent,
 
 absl::StatusOr<ReadDirPage> MetaStore::ReadDir(uint64_t ino,
                                                absl::string_view cursor,
-                                               size_t max_entries) {
+                                               size_t max_entries,
+                                               bool with_inodes) {
   if (max_entries == 0) return FsError(EINVAL, "readdir: max_entries is 0");
   const rocksdb::Snapshot* snap = db_->GetSnapshot();
   rocksdb::ReadOptions ro;
@@ -919,6 +920,15 @@ absl::StatusOr<ReadDirPage> MetaStore::ReadDir(uint64_t ino,
     e.set_name(std::string(name));
     e.set_ino(d.ino());
     e.set_type(d.type());
+    if (with_inodes) {
+      rocksdb::Status got = db_->Get(ro, InodeKey(d.ino()), &value);
+      if (got.ok() && !e.mutable_inode()->ParseFromString(value)) {
+        it.reset();
+        release();
+        return absl::DataLossError(
+            absl::StrCat("meta store: corrupt inode ", d.ino()));
+      }
+    }
   }
   rocksdb::Status it_status = it->status();
   it.reset();

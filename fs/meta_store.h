@@ -167,8 +167,10 @@ class MetaStore {
   // Up to `max_entries` entries of directory `ino` whose names sort after
   // `cursor` (bytewise; "" starts at the beginning). No "." or "..".
   // REQUIRES: max_entries > 0 (else EINVAL).
+  // With `with_inodes`, each entry carries its inode (same snapshot).
   absl::StatusOr<ReadDirPage> ReadDir(uint64_t ino, absl::string_view cursor,
-                                      size_t max_entries);
+                                      size_t max_entries,
+                                      bool with_inodes = false);
   absl::StatusOr<v1::StatFs> StatFs();
 
   // Records an open handle of `ino`; `for_write` is refused on sealed files
