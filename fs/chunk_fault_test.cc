@@ -367,6 +367,38 @@ TEST_F(ChunkFaultTest, ScrubRepairsCorruptionNobodyReads) {
   EXPECT_EQ(*Read(2, id), content);
 }
 
+TEST_F(ChunkFaultTest, ServerRemovedFromItsChainDropsItsStrayChunks) {
+  ChunkId id{79, 0};
+  const std::string content(100000, 'r');
+  ASSERT_OK(WriteWithRetry(id, 0, content));
+  ASSERT_OK(procs_[2]->Stop(SIGTERM).status());
+  Spawn(2, {"--stray_grace_s=1"});
+  ASSERT_TRUE(cluster_->WaitForTable([&](const v1::ChainTable&) {
+    return cluster_->registrations("n3") >= 2;
+  }));
+  // Still a member: its copy stays.
+  absl::SleepFor(absl::Milliseconds(2500));
+  EXPECT_FALSE(
+      testing::ChunkFilesOf(dir_.Join("n3"), id.inode, id.index).empty());
+  // Replaced (as by a spare while it was away): after the grace its copy
+  // goes; the members keep theirs.
+  cluster_->SetChain(1, {{"n1", kServing}, {"n2", kServing}});
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline &&
+         !testing::ChunkFilesOf(dir_.Join("n3"), id.inode, id.index).empty()) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(
+      testing::ChunkFilesOf(dir_.Join("n3"), id.inode, id.index).empty())
+      << procs_[2]->Log();
+  EXPECT_NE(procs_[2]->Log().find("stray chunks"), std::string::npos);
+  for (size_t i : {0, 1}) {
+    absl::StatusOr<std::string> r = Read(i, id);
+    ASSERT_OK(r.status()) << kNodes[i];
+    EXPECT_EQ(*r, content);
+  }
+}
+
 TEST_F(ChunkFaultTest, SigtermShutsDownCleanly) {
   ASSERT_OK(WriteWithRetry({5, 0}, 0, "x"));
   absl::StatusOr<int> status = procs_[2]->Stop(SIGTERM);

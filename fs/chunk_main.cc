@@ -27,6 +27,9 @@ ABSL_FLAG(int64_t, scrub_interval_s, 86400,
           "start a scrub pass (read back and verify every chunk) this often; "
           "0: never");
 ABSL_FLAG(uint64_t, scrub_mib_per_s, 32, "read rate cap of a scrub pass");
+ABSL_FLAG(int64_t, stray_grace_s, 600,
+          "delete local chunks of a chain this server has not been a member "
+          "of for this long; 0: never");
 
 int main(int argc, char** argv) {
   // Chunk-sized buffers (gRPC messages, protobuf strings) are allocated and
@@ -59,6 +62,8 @@ int main(int argc, char** argv) {
   options.scrub_interval = absl::Seconds(
       std::max<int64_t>(absl::GetFlag(FLAGS_scrub_interval_s), 0));
   options.scrub_bytes_per_sec = absl::GetFlag(FLAGS_scrub_mib_per_s) << 20;
+  options.stray_grace =
+      absl::Seconds(std::max<int64_t>(absl::GetFlag(FLAGS_stray_grace_s), 0));
 
   auto server = dsec::fs::ChunkServer::Create(options);
   if (!server.ok()) {

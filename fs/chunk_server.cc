@@ -253,6 +253,14 @@ struct ChunkServer::Impl {
       "dsec_chunk_scrubbed_bytes_total", "Bytes the scrub read back.");
   metrics::Counter* scrub_passes = registry->AddCounter(
       "dsec_chunk_scrub_passes_total", "Finished scrub passes.");
+  metrics::Counter* strays_removed = registry->AddCounter(
+      "dsec_chunk_stray_chunks_removed_total",
+      "Chunks removed because this server left their chain.");
+  // When the last heartbeat succeeded (the chain table was current then).
+  std::atomic<int64_t> heartbeat_ok_ns{0};
+  // chain id -> since when this server has not been a member (scrub
+  // thread only).
+  absl::flat_hash_map<uint32_t, absl::Time> not_member_since;
 
   // ---- table -------------------------------------------------------------
   std::shared_ptr<const v1::ChainTable> Table() const {
@@ -839,17 +847,88 @@ struct ChunkServer::Impl {
   // every committed chunk back (ChunkStore verifies each block's CRC) at most
   // scrub_bytes_per_sec; a corrupt one is marked by the store and queued for
   // repair like a corrupt client read.
+  // Also runs the stray-chunk check (StrayPass).
   void ScrubLoop() {
     const absl::Duration interval = options.scrub_interval;
+    const bool scrub = interval > absl::ZeroDuration();
+    const bool strays = options.stray_grace > absl::ZeroDuration();
+    const absl::Duration stray_every = std::clamp(
+        options.stray_grace / 10, absl::Milliseconds(200), absl::Minutes(1));
     absl::Time next = absl::Now() + interval;
+    absl::Time next_stray = absl::Now() + stray_every;
     while (!stopping) {
-      if (absl::Now() < next) {
-        Sleep(std::min(next - absl::Now(), absl::Seconds(1)));
+      const absl::Time now = absl::Now();
+      if (strays && now >= next_stray) {
+        next_stray = now + stray_every;
+        StrayPass();
         continue;
       }
-      next = absl::Now() + interval;
+      if (!scrub || now < next) {
+        absl::Time wake = strays ? next_stray : now + absl::Seconds(1);
+        if (scrub) wake = std::min(wake, next);
+        Sleep(std::clamp(wake - now, absl::Milliseconds(1), absl::Seconds(1)));
+        continue;
+      }
+      next = now + interval;
       ScrubPass();
       if (!stopping) scrub_passes->Inc();
+    }
+  }
+
+  // Deletes this server's chunks of chains it left at least stray_grace
+  // ago (see ChunkServerOptions::stray_grace).
+  void StrayPass() {
+    const absl::Time now = absl::Now();
+    const absl::Time heartbeat = absl::FromUnixNanos(heartbeat_ok_ns.load());
+    if (now - heartbeat >
+        3 * options.heartbeat_interval + options.meta_timeout) {
+      return;  // the table may be stale: decide nothing
+    }
+    std::shared_ptr<const v1::ChainTable> t = Table();
+    absl::flat_hash_set<uint32_t> stray;
+    for (const v1::Chain& c : t->chains()) {
+      if (StateOf(c, options.node_id) != v1::CHAIN_MEMBER_STATE_UNSPECIFIED) {
+        not_member_since.erase(c.id());
+        continue;
+      }
+      auto [it, inserted] = not_member_since.try_emplace(c.id(), now);
+      bool served = false;
+      for (const v1::ChainMember& m : c.members()) {
+        served |= m.state() == v1::CHAIN_MEMBER_STATE_SERVING;
+      }
+      if (served && now - it->second >= options.stray_grace) {
+        stray.insert(c.id());
+      }
+    }
+    if (stray.empty()) return;
+    uint64_t removed = 0;
+    std::optional<ChunkId> after;
+    while (!stopping) {
+      absl::StatusOr<std::vector<ChunkMeta>> page =
+          store->ListChunks(after, 256);
+      if (!page.ok()) break;
+      for (const ChunkMeta& m : *page) {
+        after = m.id;
+        // Against the current table, in case this server just rejoined.
+        std::shared_ptr<const v1::ChainTable> current = Table();
+        absl::StatusOr<const v1::Chain*> c =
+            ChainFor(*current, m.id.inode, m.id.index);
+        if (!c.ok() || !stray.contains((*c)->id()) ||
+            StateOf(**c, options.node_id) !=
+                v1::CHAIN_MEMBER_STATE_UNSPECIFIED) {
+          continue;
+        }
+        KeyedLocks<std::pair<uint32_t, uint64_t>>::Guard inode_guard(
+            &inode_locks, {(*c)->id(), m.id.inode}, false);
+        KeyedLocks<ChunkId>::Guard chunk_guard(&chunk_locks, m.id, true);
+        if (store->Remove(m.id).ok()) ++removed;
+      }
+      if (page->size() < 256) break;
+    }
+    if (removed > 0) {
+      strays_removed->Inc({}, static_cast<double>(removed));
+      DSEC_LOG_INFO("chunk {}: removed {} stray chunks of {} chains it left",
+                    options.node_id, removed, stray.size());
     }
   }
 
@@ -1160,6 +1239,7 @@ struct ChunkServer::Impl {
         continue;
       }
       if (resp.has_table()) InstallTable(resp.table());
+      heartbeat_ok_ns.store(absl::ToUnixNanos(absl::Now()));
     }
   }
 
@@ -1349,7 +1429,8 @@ absl::StatusOr<std::unique_ptr<ChunkServer>> ChunkServer::Create(
       "dsec_chunk_table_version", "Chain table version held.",
       [raw] { return static_cast<double>(raw->Table()->version()); });
   impl->repair_thread = std::thread([raw] { raw->RepairLoop(); });
-  if (options.scrub_interval > absl::ZeroDuration()) {
+  if (options.scrub_interval > absl::ZeroDuration() ||
+      options.stray_grace > absl::ZeroDuration()) {
     impl->scrub_thread = std::thread([raw] { raw->ScrubLoop(); });
   }
   impl->membership_thread = std::thread([raw] { raw->MembershipLoop(); });

@@ -118,6 +118,12 @@ struct ChunkServerOptions {
   absl::Duration scrub_interval = absl::Hours(24);
   // Read rate cap of a pass, so it stays in the background.
   uint64_t scrub_bytes_per_sec = 32 << 20;
+  // Stray chunks: this server's chunks of a chain it has not been a member
+  // of for this long (it was replaced by a spare while away) are deleted;
+  // the chain's members hold them, and should it join the chain again it
+  // re-syncs from them. Only while heartbeats succeed (the chain table is
+  // current) and the chain has a SERVING member. Zero: never.
+  absl::Duration stray_grace = absl::Minutes(10);
 };
 
 class ChunkServer {
