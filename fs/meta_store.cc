@@ -157,6 +157,7 @@ class MetaStore::Txn {
       } else if (!s.IsNotFound()) {
         return FromRocks(s, "read inode");
       }
+      original_.try_emplace(id, Footprint(inode));
       it = inodes_.emplace(id, std::move(inode)).first;
     }
     if (!it->second) {
@@ -179,12 +180,19 @@ class MetaStore::Txn {
   void Dirty(uint64_t id) { dirty_.insert(id); }
   void AddInode(v1::Inode inode) {
     uint64_t id = inode.id();
+    original_.try_emplace(id, std::make_pair(0, 0));  // a fresh id
     inodes_[id] = std::move(inode);
     dirty_.insert(id);
   }
   // Deletes inode `id`; a file's chunks become pending GC in the same
   // transaction.
   absl::Status DeleteInode(uint64_t id) {
+    if (!inodes_.contains(id)) {
+      absl::StatusOr<v1::Inode*> loaded = Inode(id);  // for the counters
+      if (!loaded.ok() && !absl::IsNotFound(loaded.status())) {
+        return loaded.status();
+      }
+    }
     std::optional<v1::Inode>& inode = inodes_[id];
     if (inode && inode->type() == v1::INODE_TYPE_FILE) {
       RETURN_IF_ERROR(FromRocks(txn_->Put(GcKey(id), ""), "write gc mark"));
@@ -244,6 +252,20 @@ class MetaStore::Txn {
     }
     return FromRocks(txn_->Commit(), "commit");
   }
+  // What the committed transaction changed in the inode count and the sum
+  // of file sizes (MetaStore::StatFs).
+  std::pair<int64_t, int64_t> Deltas() const {
+    std::pair<int64_t, int64_t> d{0, 0};
+    for (uint64_t id : dirty_) {
+      auto o = original_.find(id);
+      auto now = inodes_.find(id);
+      if (o == original_.end() || now == inodes_.end()) continue;
+      std::pair<int64_t, int64_t> after = Footprint(now->second);
+      d.first += after.first - o->second.first;
+      d.second += after.second - o->second.second;
+    }
+    return d;
+  }
   // The directories this transaction changed, as it leaves them.
   void DirtyDirs(std::vector<v1::Inode>* out) const {
     for (uint64_t id : dirty_) {
@@ -257,7 +279,18 @@ class MetaStore::Txn {
  private:
   std::unique_ptr<rocksdb::Transaction> txn_;
   rocksdb::ReadOptions ro_;
+  // (1 if it exists, its size if a file).
+  static std::pair<int64_t, int64_t> Footprint(
+      const std::optional<v1::Inode>& inode) {
+    if (!inode) return {0, 0};
+    return {1, inode->type() == v1::INODE_TYPE_FILE
+                   ? static_cast<int64_t>(inode->size())
+                   : 0};
+  }
+
   std::map<uint64_t, std::optional<v1::Inode>> inodes_;
+  // id -> Footprint as first read (before this transaction).
+  std::map<uint64_t, std::pair<int64_t, int64_t>> original_;
   std::set<uint64_t> dirty_;
 };
 
@@ -275,6 +308,11 @@ absl::Status MetaStore::RunTxn(std::vector<v1::Inode>* dirs_after, Fn&& fn) {
     Txn txn(db_, wo);
     status = fn(txn);
     if (status.ok()) status = txn.Commit();
+    if (status.ok()) {
+      auto [inodes, bytes] = txn.Deltas();
+      inode_count_.fetch_add(inodes);
+      total_bytes_.fetch_add(bytes);
+    }
     if (status.ok() && dirs_after != nullptr) txn.DirtyDirs(dirs_after);
     if (status.code() != absl::StatusCode::kAborted) return status;
     absl::SleepFor(absl::Microseconds(50 * std::min(attempt + 1, 20)));
@@ -355,6 +393,28 @@ absl::Status MetaStore::Init() {
     txn.AddInode(std::move(inode));
     return absl::OkStatus();
   }));
+  // StatFs counters: counted once here, kept by every transaction after.
+  {
+    int64_t inodes = 0;
+    int64_t bytes = 0;
+    std::unique_ptr<rocksdb::Iterator> it(
+        db_->NewIterator(rocksdb::ReadOptions()));
+    for (it->Seek(kInodePrefix);
+         it->Valid() && it->key().starts_with(kInodePrefix); it->Next()) {
+      v1::Inode inode;
+      if (!inode.ParseFromArray(it->value().data(),
+                                static_cast<int>(it->value().size()))) {
+        return absl::DataLossError("meta store: corrupt inode");
+      }
+      ++inodes;
+      if (inode.type() == v1::INODE_TYPE_FILE) {
+        bytes += static_cast<int64_t>(inode.size());
+      }
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), "scan inodes"));
+    inode_count_.store(inodes);
+    total_bytes_.store(bytes);
+  }
   // Orphans: unlinked while open when the last process died.
   std::vector<uint64_t> orphans;
   {
@@ -938,23 +998,13 @@ absl::StatusOr<ReadDirPage> MetaStore::ReadDir(uint64_t ino,
 }
 
 absl::StatusOr<v1::StatFs> MetaStore::StatFs() {
-  // TODO(issue 6): keep running counters instead of scanning.
+  // Running counters (counted at open, kept by every transaction): a statfs
+  // costs nothing however large the namespace, so a client calling it in a
+  // loop cannot load the meta server.
   v1::StatFs out;
-  std::unique_ptr<rocksdb::Iterator> it(
-      db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(kInodePrefix);
-       it->Valid() && it->key().starts_with(kInodePrefix); it->Next()) {
-    v1::Inode inode;
-    if (!inode.ParseFromArray(it->value().data(),
-                              static_cast<int>(it->value().size()))) {
-      return absl::DataLossError("meta store: corrupt inode");
-    }
-    out.set_inodes(out.inodes() + 1);
-    if (inode.type() == v1::INODE_TYPE_FILE) {
-      out.set_total_bytes(out.total_bytes() + inode.size());
-    }
-  }
-  RETURN_IF_ERROR(FromRocks(it->status(), "scan inodes"));
+  out.set_inodes(static_cast<uint64_t>(std::max<int64_t>(inode_count_, 0)));
+  out.set_total_bytes(
+      static_cast<uint64_t>(std::max<int64_t>(total_bytes_, 0)));
   return out;
 }
 

@@ -23,6 +23,7 @@
 #ifndef DSEC_FS_META_STORE_H_
 #define DSEC_FS_META_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -237,6 +238,9 @@ class MetaStore {
 
   absl::Mutex ino_mu_;
   uint64_t next_ino_ ABSL_GUARDED_BY(ino_mu_) = 0;
+  // StatFs: inodes and the sum of file sizes.
+  std::atomic<int64_t> inode_count_{0};
+  std::atomic<int64_t> total_bytes_{0};
   uint64_t ino_limit_ ABSL_GUARDED_BY(ino_mu_) = 0;
 
   absl::Mutex open_mu_;

@@ -92,6 +92,50 @@ TEST_F(MetaStoreTest, RootExistsAndSurvivesReopen) {
   EXPECT_GT(CreateOk(dir, "g"), file);
 }
 
+TEST_F(MetaStoreTest, StatFsCountersFollowEveryChange) {
+  auto expect = [&](uint64_t inodes, uint64_t bytes, const char* when) {
+    ASSERT_OK_AND_ASSIGN(v1::StatFs st, store_->StatFs());
+    EXPECT_EQ(st.inodes(), inodes) << when;
+    EXPECT_EQ(st.total_bytes(), bytes) << when;
+  };
+  expect(1, 0, "root only");
+  uint64_t d = MkdirOk(kRootIno, "d");
+  uint64_t f = CreateOk(d, "f");
+  uint64_t g = CreateOk(d, "g");
+  ASSERT_OK(store_->Symlink(d, "l", "f", 0, 0).status());
+  expect(5, 4 * 0, "created");  // a symlink's length is not file data
+  SetAttrArgs size;
+  size.mask = kSetSize;
+  size.size = 1000;
+  ASSERT_OK(store_->SetAttr(f, size).status());
+  ASSERT_OK(store_->Open(g, /*for_write=*/true).status());
+  ASSERT_OK(store_->Close(g, 300));
+  expect(5, 1300, "sized");
+  size.size = 100;
+  ASSERT_OK(store_->SetAttr(f, size).status());
+  expect(5, 400, "truncated");
+  ASSERT_OK(store_->Link(f, kRootIno, "f2").status());
+  ASSERT_OK(store_->Unlink(d, "f"));
+  expect(5, 400, "one of two links gone");
+  // Unlinked while open: counted until the last close.
+  ASSERT_OK(store_->Open(g, /*for_write=*/false).status());
+  ASSERT_OK(store_->Unlink(d, "g"));
+  expect(5, 400, "orphan");
+  ASSERT_OK(store_->Close(g, std::nullopt));
+  expect(4, 100, "orphan reclaimed");
+  ASSERT_OK(store_->Unlink(kRootIno, "f2"));
+  ASSERT_OK(store_->Unlink(d, "l"));
+  ASSERT_OK(store_->Rmdir(kRootIno, "d"));
+  expect(1, 0, "all gone");
+  // Counted again from the data after a reopen.
+  CreateOk(kRootIno, "h");
+  ASSERT_OK(store_->SetAttr(CreateOk(kRootIno, "i"), size).status());
+  store_.reset();
+  store_ = OpenStore(tmp_.Join("meta"));
+  expect(3, 100, "reopened");
+  (void)d;
+}
+
 TEST_F(MetaStoreTest, InvalidNamesAreRefusedWithTheProblemNamed) {
   struct Case {
     std::string name;
