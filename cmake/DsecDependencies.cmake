@@ -22,6 +22,7 @@ pkg_check_modules(GRPCPP REQUIRED IMPORTED_TARGET grpc++>=1.51)
 pkg_check_modules(FUSE3 REQUIRED IMPORTED_TARGET fuse3>=3.14)
 pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp>=2.5)
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
+pkg_check_modules(ISAL REQUIRED IMPORTED_TARGET libisal>=2.30)
 
 find_program(DSEC_PROTOC protoc REQUIRED)
 find_program(DSEC_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
