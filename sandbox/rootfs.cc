@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -79,9 +80,13 @@ absl::Status ChownTree(const std::string& dir, uid_t uid, gid_t gid) {
   return absl::OkStatus();
 }
 
-absl::Status CopyXattrs(int src_fd, int dst_fd, const std::string& what) {
+// Calls fn(name, value) for each extended attribute of `fd` (none where the
+// file system has no xattrs).
+absl::Status ForEachXattr(
+    int fd, const std::string& what,
+    const std::function<absl::Status(const char*, absl::string_view)>& fn) {
   char names[4096];
-  ssize_t len = flistxattr(src_fd, names, sizeof(names));
+  ssize_t len = flistxattr(fd, names, sizeof(names));
   if (len < 0) {
     if (errno == ENOTSUP || errno == EBADF) return absl::OkStatus();
     return dsec::ErrnoStatus(absl::StrCat("listxattr ", what));
@@ -90,13 +95,24 @@ absl::Status CopyXattrs(int src_fd, int dst_fd, const std::string& what) {
     const char* name = names + off;
     off += strlen(name) + 1;
     char value[4096];
-    ssize_t vlen = fgetxattr(src_fd, name, value, sizeof(value));
+    ssize_t vlen = fgetxattr(fd, name, value, sizeof(value));
     if (vlen < 0) continue;
-    if (fsetxattr(dst_fd, name, value, vlen, 0) != 0 && errno != ENOTSUP) {
-      return dsec::ErrnoStatus(absl::StrCat("setxattr ", name, " on ", what));
-    }
+    RETURN_IF_ERROR(fn(name, absl::string_view(value, vlen)));
   }
   return absl::OkStatus();
+}
+
+absl::Status CopyXattrs(int src_fd, int dst_fd, const std::string& what) {
+  return ForEachXattr(
+      src_fd, what,
+      [&](const char* name, absl::string_view value) -> absl::Status {
+        if (fsetxattr(dst_fd, name, value.data(), value.size(), 0) != 0 &&
+            errno != ENOTSUP) {
+          return dsec::ErrnoStatus(
+              absl::StrCat("setxattr ", name, " on ", what));
+        }
+        return absl::OkStatus();
+      });
 }
 
 absl::Status CopyFileData(int src_fd, int dst_fd, off_t size,
@@ -349,22 +365,14 @@ bool PortableXattr(absl::string_view name) {
 
 absl::Status RecordXattrs(int src_fd, const std::string& rel,
                           const std::string& what, LayerExtras* extras) {
-  char names[4096];
-  ssize_t len = flistxattr(src_fd, names, sizeof(names));
-  if (len < 0) {
-    if (errno == ENOTSUP || errno == EBADF) return absl::OkStatus();
-    return dsec::ErrnoStatus(absl::StrCat("listxattr ", what));
-  }
-  for (ssize_t off = 0; off < len;) {
-    const char* name = names + off;
-    off += strlen(name) + 1;
-    if (!PortableXattr(name)) continue;
-    char value[4096];
-    ssize_t vlen = fgetxattr(src_fd, name, value, sizeof(value));
-    if (vlen < 0) continue;
-    extras->xattrs.push_back({rel, name, std::string(value, vlen)});
-  }
-  return absl::OkStatus();
+  return ForEachXattr(
+      src_fd, what,
+      [&](const char* name, absl::string_view value) -> absl::Status {
+        if (PortableXattr(name)) {
+          extras->xattrs.push_back({rel, name, std::string(value)});
+        }
+        return absl::OkStatus();
+      });
 }
 
 // Xattrs of `src_fd` onto `dst_fd`, or into `extras` when it is set.
