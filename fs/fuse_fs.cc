@@ -652,13 +652,11 @@ absl::Status FuseMount::Impl::FetchListing(uint64_t dir,
   if (!status.ok() || !cacheable || raced) return status;
   if (listed_entries_ + listing.entries.size() > kMaxListedEntries) {
     const absl::Time now = absl::Now();
-    for (auto it = listings_.begin(); it != listings_.end();) {
-      auto next = std::next(it);
-      if (now - it->second.fetched >= options_.attr_timeout) {
-        DropListing(it->first);
-      }
-      it = next;
-    }
+    absl::erase_if(listings_, [&](const auto& kv) {
+      if (now - kv.second.fetched < options_.attr_timeout) return false;
+      listed_entries_ -= kv.second.entries.size();
+      return true;
+    });
     if (listed_entries_ + listing.entries.size() > kMaxListedEntries) {
       return status;
     }
