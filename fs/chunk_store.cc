@@ -3,12 +3,12 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <isa-l/crc.h>
-#include <zlib.h>
 #include <limits.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
