@@ -87,8 +87,6 @@ int main(int argc, char** argv) {
   for (Variant& v : variants) {
     grpc::ServerBuilder builder;
     dsec::fs::ConfigureFsServer(builder);
-    if (getenv("MINIMAL"))
-      builder.AddChannelArgument(GRPC_ARG_MINIMAL_STACK, 1);
     std::string address;
     int port = 0;
     if (v.unix_socket) {
@@ -107,14 +105,7 @@ int main(int argc, char** argv) {
     builder.RegisterService(v.service.get());
     v.server = builder.BuildAndStart();
     if (!v.unix_socket) address = "127.0.0.1:" + std::to_string(port);
-    if (getenv("MINIMAL")) {
-      grpc::ChannelArguments args;
-      args.SetInt(GRPC_ARG_MINIMAL_STACK, 1);
-      v.stub = FsMetaService::NewStub(grpc::CreateCustomChannel(
-          address, grpc::InsecureChannelCredentials(), args));
-    } else {
-      v.stub = FsMetaService::NewStub(dsec::fs::MakeFsChannel(address));
-    }
+    v.stub = FsMetaService::NewStub(dsec::fs::MakeFsChannel(address));
   }
   for (int round = 0; round < absl::GetFlag(FLAGS_rounds); ++round) {
     for (Variant& v : variants) {

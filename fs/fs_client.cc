@@ -41,6 +41,13 @@ absl::Status SplitParent(absl::string_view path, std::string* parent,
   return absl::OkStatus();
 }
 
+// Moves the directories of a namespace reply to `out` (if set).
+void CopyDirs(google::protobuf::RepeatedPtrField<v1::Inode>* dirs,
+              std::vector<v1::Inode>* out) {
+  if (out == nullptr) return;
+  for (v1::Inode& dir : *dirs) out->push_back(std::move(dir));
+}
+
 }  // namespace
 
 // Backoff state for one logical operation under the retry budget.
@@ -85,16 +92,6 @@ FsClient::FsClient(const FsClientOptions& options) : options_(options) {
 }
 
 FsClient::~FsClient() = default;
-
-namespace {
-
-void CopyDirs(google::protobuf::RepeatedPtrField<v1::Inode>* dirs,
-              std::vector<v1::Inode>* out) {
-  if (out == nullptr) return;
-  for (v1::Inode& dir : *dirs) out->push_back(std::move(dir));
-}
-
-}  // namespace
 
 void FsClient::PrepareContext(grpc::ClientContext* context) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));

@@ -306,7 +306,11 @@ class FuseMount::Impl {
     return absl::ToDoubleSeconds(inode.sealed() ? options_.sealed_timeout
                                                 : options_.attr_timeout);
   }
-  void ReplyEntry(fuse_req_t req, const v1::Inode& inode);
+  // Timeouts: TimeoutFor(inode), but at most `max_timeout` seconds.
+  void ReplyEntry(fuse_req_t req, const v1::Inode& inode,
+                  double max_timeout = std::numeric_limits<double>::infinity());
+  // "No such entry", cached by the kernel for `timeout` seconds.
+  static void ReplyNegative(fuse_req_t req, double timeout);
   static void ReplyError(fuse_req_t req, const absl::Status& status);
 
   // Writes the buffered bytes (if any) to the chunk servers and waits for
@@ -369,10 +373,19 @@ class FuseMount::Impl {
   // them.
   void NoteDirs(std::vector<v1::Inode> dirs);
   // After a namespace call: notes the directories it returned, or forgets
-  // `touched` when it failed (it may have changed them all the same).
+  // what is known of `touched` when it failed (it may have changed them all
+  // the same).
   void AfterNamespaceCall(const absl::Status& status,
                           std::vector<v1::Inode> dirs,
                           std::initializer_list<uint64_t> touched);
+  // The same for a call that added entry `name` to `parent` (create,
+  // mknod, mkdir, symlink, link), which also goes into its listing.
+  void AfterAdd(uint64_t parent, const char* name,
+                const absl::StatusOr<v1::Inode>& inode,
+                std::vector<v1::Inode> dirs);
+  // The same for a call that removed `name` from `parent` (unlink, rmdir).
+  void AfterRemove(uint64_t parent, const char* name,
+                   const absl::Status& status, std::vector<v1::Inode> dirs);
   void ForgetDir(uint64_t ino);
   // The directory and how long it stays fresh, if noted recently.
   std::optional<std::pair<v1::Inode, absl::Duration>> FreshDir(uint64_t ino);
@@ -389,7 +402,8 @@ class FuseMount::Impl {
   // when lookups in it keep coming (kStataheadLookups within attr_timeout:
   // a create, stat or unlink loop). This mount's own namespace calls keep
   // it current; an inode changed through this mount since the fetch
-  // (written, truncated, chmod'ed, linked) is looked up again instead, and
+  // (closed after writing, truncated, chmod'ed, linked) is looked up again
+  // instead, a file open for writing here shows its local length, and
   // a listing a local change raced with is not installed. Other clients'
   // changes show within attr_timeout, as with the kernel's own caches.
   struct Listing {
@@ -411,9 +425,9 @@ class FuseMount::Impl {
                   const v1::Inode& inode);
   void ListingRemove(uint64_t parent, const std::string& name);
   void DropListing(uint64_t dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(listing_mu_);
-  // A change of `dir`'s entries that a fetch in progress cannot replay: it
-  // must not install what it fetched.
-  void ListingChanged(uint64_t dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(listing_mu_);
+  // Changes of these directories' entries that a fetch in progress cannot
+  // replay: their listings are dropped and such fetches do not install.
+  void ForgetListings(std::initializer_list<uint64_t> dirs);
   // `ino` changed through this mount: listings fetched before do not
   // answer for it.
   void TouchInode(uint64_t ino);
@@ -539,11 +553,21 @@ void FuseMount::Impl::AfterNamespaceCall(
     return NoteDirs(std::move(dirs));
   }
   for (uint64_t ino : touched) ForgetDir(ino);
-  absl::MutexLock lock(&listing_mu_);
-  for (uint64_t ino : touched) {
-    ListingChanged(ino);
-    DropListing(ino);
-  }
+  ForgetListings(touched);
+}
+
+void FuseMount::Impl::AfterAdd(uint64_t parent, const char* name,
+                               const absl::StatusOr<v1::Inode>& inode,
+                               std::vector<v1::Inode> dirs) {
+  AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
+  if (inode.ok()) ListingAdd(parent, name, *inode);
+}
+
+void FuseMount::Impl::AfterRemove(uint64_t parent, const char* name,
+                                  const absl::Status& status,
+                                  std::vector<v1::Inode> dirs) {
+  AfterNamespaceCall(status, std::move(dirs), {parent});
+  if (status.ok()) ListingRemove(parent, name);
 }
 
 void FuseMount::Impl::ForgetDir(uint64_t ino) {
@@ -621,6 +645,7 @@ absl::Status FuseMount::Impl::FetchListing(uint64_t dir,
       status = page.status();
       break;
     }
+    if (!page->entries.empty()) cursor = page->entries.back().name();
     for (v1::DirEntry& e : page->entries) {
       if (cacheable && e.has_inode() &&
           listing.entries.size() < kMaxListingEntries) {
@@ -631,9 +656,9 @@ absl::Status FuseMount::Impl::FetchListing(uint64_t dir,
       e.clear_inode();
       if (entries != nullptr) entries->push_back(std::move(e));
     }
+    // Too big to keep, and nobody wants the names: stop paging.
+    if (!cacheable && entries == nullptr) break;
     if (!page->has_more || page->entries.empty()) break;
-    cursor = entries != nullptr ? entries->back().name()
-                                : page->entries.back().name();
   }
   absl::MutexLock lock(&listing_mu_);
   auto f = fetching_.find(dir);
@@ -702,9 +727,14 @@ void FuseMount::Impl::DropListing(uint64_t dir) {
   listings_.erase(it);
 }
 
-void FuseMount::Impl::ListingChanged(uint64_t dir) {
-  auto f = fetching_.find(dir);
-  if (f != fetching_.end()) f->second.raced = true;
+void FuseMount::Impl::ForgetListings(std::initializer_list<uint64_t> dirs) {
+  absl::MutexLock lock(&listing_mu_);
+  for (uint64_t dir : dirs) {
+    if (auto f = fetching_.find(dir); f != fetching_.end()) {
+      f->second.raced = true;
+    }
+    DropListing(dir);
+  }
 }
 
 void FuseMount::Impl::TouchInode(uint64_t ino) {
@@ -751,14 +781,21 @@ void FuseMount::Impl::CloserLoop() {
   }
 }
 
-void FuseMount::Impl::ReplyEntry(fuse_req_t req, const v1::Inode& inode) {
+void FuseMount::Impl::ReplyEntry(fuse_req_t req, const v1::Inode& inode,
+                                 double max_timeout) {
   NoteInode(inode);
   fuse_entry_param e;
   std::memset(&e, 0, sizeof(e));
   e.ino = inode.id();
   e.attr = ToStat(inode);
-  e.attr_timeout = TimeoutFor(inode);
-  e.entry_timeout = TimeoutFor(inode);
+  e.attr_timeout = e.entry_timeout = std::min(TimeoutFor(inode), max_timeout);
+  fuse_reply_entry(req, &e);
+}
+
+void FuseMount::Impl::ReplyNegative(fuse_req_t req, double timeout) {
+  fuse_entry_param e;
+  std::memset(&e, 0, sizeof(e));
+  e.entry_timeout = timeout;
   fuse_reply_entry(req, &e);
 }
 
@@ -913,22 +950,10 @@ void FuseMount::Impl::Lookup(fuse_req_t req, fuse_ino_t parent,
     v1::Inode listed;
     absl::Duration left;
     switch (self->FromListing(parent, name, &listed, &left)) {
-      case Listed::kFound: {
-        self->NoteInode(listed);
-        fuse_entry_param e;
-        std::memset(&e, 0, sizeof(e));
-        e.ino = listed.id();
-        e.attr = self->ToStat(listed);
-        e.attr_timeout = e.entry_timeout =
-            std::min(absl::ToDoubleSeconds(left), self->TimeoutFor(listed));
-        return (void)fuse_reply_entry(req, &e);
-      }
-      case Listed::kAbsent: {
-        fuse_entry_param e;
-        std::memset(&e, 0, sizeof(e));
-        e.entry_timeout = absl::ToDoubleSeconds(left);
-        return (void)fuse_reply_entry(req, &e);
-      }
+      case Listed::kFound:
+        return self->ReplyEntry(req, listed, absl::ToDoubleSeconds(left));
+      case Listed::kAbsent:
+        return ReplyNegative(req, absl::ToDoubleSeconds(left));
       case Listed::kUnknown:
         break;
     }
@@ -940,14 +965,12 @@ void FuseMount::Impl::Lookup(fuse_req_t req, fuse_ino_t parent,
     fetch_listing = !sealed_parent && self->CountLookup(parent);
   }
   if (absl::IsNotFound(inode.status())) {
-    // Negative entry, cached like a positive one.
-    fuse_entry_param e;
-    std::memset(&e, 0, sizeof(e));
-    // Nothing can appear in a sealed directory.
-    e.entry_timeout = absl::ToDoubleSeconds(
-        self->SealedInode(parent).has_value() ? self->options_.sealed_timeout
-                                              : self->options_.attr_timeout);
-    fuse_reply_entry(req, &e);
+    // Negative entry, cached like a positive one. Nothing can appear in a
+    // sealed directory.
+    ReplyNegative(req,
+                  absl::ToDoubleSeconds(self->SealedInode(parent).has_value()
+                                            ? self->options_.sealed_timeout
+                                            : self->options_.attr_timeout));
   } else if (!inode.ok()) {
     ReplyError(req, inode.status());
   } else {
@@ -1057,8 +1080,7 @@ void FuseMount::Impl::Mknod(fuse_req_t req, fuse_ino_t parent, const char* name,
   std::vector<v1::Inode> dirs;
   absl::StatusOr<v1::Inode> inode = self->client_->Create(
       parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/false, &dirs);
-  self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
-  if (inode.ok()) self->ListingAdd(parent, name, *inode);
+  self->AfterAdd(parent, name, inode, std::move(dirs));
   if (!inode.ok()) return ReplyError(req, inode.status());
   self->ReplyEntry(req, *inode);
 }
@@ -1070,8 +1092,7 @@ void FuseMount::Impl::Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name,
   std::vector<v1::Inode> dirs;
   absl::StatusOr<v1::Inode> inode = self->client_->Mkdir(
       parent, name, mode & 07777, ctx->uid, ctx->gid, &dirs);
-  self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
-  if (inode.ok()) self->ListingAdd(parent, name, *inode);
+  self->AfterAdd(parent, name, inode, std::move(dirs));
   if (!inode.ok()) return ReplyError(req, inode.status());
   self->ReplyEntry(req, *inode);
 }
@@ -1081,8 +1102,7 @@ void FuseMount::Impl::Unlink(fuse_req_t req, fuse_ino_t parent,
   Impl* self = Of(req);
   std::vector<v1::Inode> dirs;
   absl::Status status = self->client_->Unlink(parent, name, &dirs);
-  self->AfterNamespaceCall(status, std::move(dirs), {parent});
-  if (status.ok()) self->ListingRemove(parent, name);
+  self->AfterRemove(parent, name, status, std::move(dirs));
   fuse_reply_err(req, ErrnoOf(status));
 }
 
@@ -1091,8 +1111,7 @@ void FuseMount::Impl::Rmdir(fuse_req_t req, fuse_ino_t parent,
   Impl* self = Of(req);
   std::vector<v1::Inode> dirs;
   absl::Status status = self->client_->Rmdir(parent, name, &dirs);
-  self->AfterNamespaceCall(status, std::move(dirs), {parent});
-  if (status.ok()) self->ListingRemove(parent, name);
+  self->AfterRemove(parent, name, status, std::move(dirs));
   fuse_reply_err(req, ErrnoOf(status));
 }
 
@@ -1103,8 +1122,7 @@ void FuseMount::Impl::Symlink(fuse_req_t req, const char* link,
   std::vector<v1::Inode> dirs;
   absl::StatusOr<v1::Inode> inode =
       self->client_->Symlink(parent, name, link, ctx->uid, ctx->gid, &dirs);
-  self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
-  if (inode.ok()) self->ListingAdd(parent, name, *inode);
+  self->AfterAdd(parent, name, inode, std::move(dirs));
   if (!inode.ok()) return ReplyError(req, inode.status());
   self->ReplyEntry(req, *inode);
 }
@@ -1123,15 +1141,8 @@ void FuseMount::Impl::Rename(fuse_req_t req, fuse_ino_t parent,
   absl::Status status =
       self->client_->Rename(parent, name, newparent, newname, f, &dirs);
   self->AfterNamespaceCall(status, std::move(dirs), {parent, newparent});
-  {
-    // Entries moved, replaced or swapped: listed afresh when needed.
-    absl::MutexLock lock(&self->listing_mu_);
-    for (uint64_t dir :
-         {static_cast<uint64_t>(parent), static_cast<uint64_t>(newparent)}) {
-      self->ListingChanged(dir);
-      self->DropListing(dir);
-    }
-  }
+  // Entries moved, replaced or swapped: listed afresh when needed.
+  self->ForgetListings({parent, newparent});
   fuse_reply_err(req, ErrnoOf(status));
 }
 
@@ -1141,11 +1152,8 @@ void FuseMount::Impl::Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
   std::vector<v1::Inode> dirs;
   absl::StatusOr<v1::Inode> inode =
       self->client_->Link(ino, newparent, newname, &dirs);
-  self->AfterNamespaceCall(inode.status(), std::move(dirs), {newparent});
-  if (inode.ok()) {
-    self->TouchInode(ino);
-    self->ListingAdd(newparent, newname, *inode);
-  }
+  self->AfterAdd(newparent, newname, inode, std::move(dirs));
+  if (inode.ok()) self->TouchInode(ino);  // its other names: one more link
   if (!inode.ok()) return ReplyError(req, inode.status());
   self->ReplyEntry(req, *inode);
 }
@@ -1199,8 +1207,7 @@ void FuseMount::Impl::Create(fuse_req_t req, fuse_ino_t parent,
   std::vector<v1::Inode> dirs;
   absl::StatusOr<v1::Inode> inode = self->client_->Create(
       parent, name, mode & 07777, ctx->uid, ctx->gid, /*open=*/true, &dirs);
-  self->AfterNamespaceCall(inode.status(), std::move(dirs), {parent});
-  if (inode.ok()) self->ListingAdd(parent, name, *inode);
+  self->AfterAdd(parent, name, inode, std::move(dirs));
   if (ErrnoOf(inode.status()) == EEXIST && (fi->flags & O_EXCL) == 0) {
     // The name exists after all: the negative answer the kernel acted on
     // (from a listing or its own negative entry) was stale, another client
@@ -1311,7 +1318,6 @@ void FuseMount::Impl::Write(fuse_req_t req, fuse_ino_t ino, const char* buf,
   Impl* self = Of(req);
   FileHandle& h = *reinterpret_cast<FileHandle*>(fi->fh);
   const uint64_t off = static_cast<uint64_t>(off_signed);
-  self->TouchInode(ino);
   absl::MutexLock lock(&h.mu);
   if (!h.write_error.ok()) return ReplyError(req, h.write_error);
   h.ra.clear();
